@@ -1,0 +1,57 @@
+"""PyTorch reference attention over a paged KV cache: the oracle for every Triton kernel."""
+
+from __future__ import annotations
+
+import torch
+
+from batchllm.attention.metadata import AttentionMetadata
+
+
+def write_kv_cache(
+    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
+) -> None:
+    """Store this iteration's keys/values ([T, Hkv, D]) into their cache slots."""
+    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
+    k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)[slot_mapping] = key
+    v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)[slot_mapping] = value
+
+
+def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
+    """The first seq_len cached tokens of one sequence, [seq_len, Hkv, D]."""
+    block_size = cache.shape[1]
+    num_blocks = (seq_len + block_size - 1) // block_size
+    return cache[block_table[:num_blocks].long()].flatten(0, 1)[:seq_len]
+
+
+def paged_attention_reference(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """Causal attention of each sequence's query tokens ([T, Hq, D]) over its cached context.
+
+    The KV of the new tokens must already be in the cache. Query token j of a sequence with
+    q_len queries and seq_len context sits at position seq_len - q_len + j and sees positions <= it.
+    """
+    num_q_heads = query.shape[1]
+    num_kv_heads = k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    out = torch.empty_like(query)
+    for i in range(meta.num_seqs):
+        start, end = meta.query_start_loc_cpu[i], meta.query_start_loc_cpu[i + 1]
+        seq_len = meta.seq_lens_cpu[i]
+        q_len = end - start
+        q = query[start:end].transpose(0, 1).float()  # [Hq, q_len, D]
+        k = gather_kv(k_cache, meta.block_tables[i], seq_len).transpose(0, 1).float()  # [Hkv, S, D]
+        v = gather_kv(v_cache, meta.block_tables[i], seq_len).transpose(0, 1).float()
+        k = k.repeat_interleave(group, dim=0)
+        v = v.repeat_interleave(group, dim=0)
+        scores = torch.matmul(q, k.transpose(1, 2)) * scale  # [Hq, q_len, S]
+        q_pos = torch.arange(seq_len - q_len, seq_len, device=query.device)
+        k_pos = torch.arange(seq_len, device=query.device)
+        scores.masked_fill_(k_pos[None, :] > q_pos[:, None], float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        out[start:end] = torch.matmul(probs, v).transpose(0, 1).to(query.dtype)
+    return out

@@ -1,0 +1,114 @@
+"""Validated engine configuration: one dataclass per concern, checked at construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+import torch
+
+_DTYPES = {
+    "float32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "half": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype, config_dtype: Optional[str], device: torch.device) -> torch.dtype:
+    """Map the user's dtype argument to a torch dtype ("auto": the checkpoint's dtype on GPU, float32 on CPU)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cpu":
+            # CPU matmuls in bf16/fp16 are slow and less exact; float32 is the useful default there.
+            return torch.float32
+        if config_dtype in _DTYPES and _DTYPES[config_dtype] != torch.float32:
+            return _DTYPES[config_dtype]
+        return torch.bfloat16
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of 'auto', {sorted(set(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device={device!r} is not supported; use 'auto', 'cpu' or 'cuda'")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
+    return torch.device(device)
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How the paged KV cache is sized.
+
+    block_size: tokens per KV block (a power of two).
+    gpu_memory_utilization: fraction of total GPU memory the engine may use (weights + activations + KV).
+    cpu_kv_cache_bytes: KV budget on CPU, where there is no free-memory query worth trusting.
+    num_kv_blocks: fixed block count, overriding both (tests use it to force preemption).
+    """
+
+    block_size: int = 16
+    gpu_memory_utilization: float = 0.90
+    cpu_kv_cache_bytes: int = 1 << 30
+    num_kv_blocks: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size={self.block_size} must be a positive power of two (e.g. 16)")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(f"gpu_memory_utilization={self.gpu_memory_utilization} must be in (0, 1]")
+        if self.cpu_kv_cache_bytes <= 0:
+            raise ValueError(f"cpu_kv_cache_bytes={self.cpu_kv_cache_bytes} must be positive")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise ValueError(f"num_kv_blocks={self.num_kv_blocks} must be at least 1")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """Per-iteration limits of the scheduler.
+
+    max_num_batched_tokens: token budget of one iteration (decodes + prefill chunks).
+    max_num_seqs: cap on running requests (the vLLM-style count cap; None = no cap).
+    enable_chunked_prefill: split long prefills across iterations to fit the token budget.
+    """
+
+    max_num_batched_tokens: int = 8192
+    max_num_seqs: Optional[int] = 256
+    enable_chunked_prefill: bool = True
+    policy: Literal["fcfs"] = "fcfs"
+
+    def __post_init__(self) -> None:
+        if self.max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must be at least 1")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise ValueError(f"max_num_seqs={self.max_num_seqs} must be at least 1 (or None for no cap)")
+        if self.policy not in ("fcfs",):
+            raise ValueError(f"scheduler policy={self.policy!r} is unknown; use 'fcfs'")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    dtype: torch.dtype
+    device: torch.device
+    max_model_len: int
+    load_format: Literal["auto", "dummy"] = "auto"
+    seed: int = 0
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+
+    def __post_init__(self) -> None:
+        if self.load_format not in ("auto", "dummy"):
+            raise ValueError(f"load_format={self.load_format!r} is not supported; use 'auto' or 'dummy'")
+        if self.max_model_len < 1:
+            raise ValueError(f"max_model_len={self.max_model_len} must be at least 1")
+        if not self.scheduler.enable_chunked_prefill and self.scheduler.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_num_batched_tokens={self.scheduler.max_num_batched_tokens} is below max_model_len="
+                f"{self.max_model_len}; enable chunked prefill or raise max_num_batched_tokens"
+            )
