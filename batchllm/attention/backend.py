@@ -1,0 +1,47 @@
+"""Attention backend interface: the model calls one object, the runner picks the implementation."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.reference import paged_attention_reference, write_kv_cache
+
+
+class AttentionBackend(Protocol):
+    name: str
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        """Write this iteration's key/value ([T, Hkv, D]) to the cache, then attend query [T, Hq, D]."""
+        ...
+
+
+class ReferenceBackend:
+    """Per-sequence PyTorch attention on gathered paged KV: slow, simple, the oracle."""
+
+    name = "reference"
+
+    def forward(self, query, key, value, k_cache, v_cache, meta, scale):
+        write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        return paged_attention_reference(query, k_cache, v_cache, meta, scale)
+
+
+def get_attention_backend(name: str) -> AttentionBackend:
+    if name == "reference":
+        return ReferenceBackend()
+    if name == "triton":
+        from batchllm.attention.triton_backend import TritonBackend
+
+        return TritonBackend()
+    raise ValueError(f"attention backend {name!r} is unknown; use 'reference' or 'triton'")

@@ -1,0 +1,107 @@
+"""The step loop: schedule, run the model, append tokens, finish requests, assemble outputs."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from transformers import PreTrainedTokenizerBase
+
+from batchllm.config import EngineConfig
+from batchllm.engine.request import Request, RequestStatus
+from batchllm.engine.stop_checker import StopChecker
+from batchllm.kv_cache.block_pool import BlockPool
+from batchllm.model.arch_config import ArchConfig
+from batchllm.outputs import CompletionOutput, RequestOutput
+from batchllm.runner.model_runner import ModelRunner
+from batchllm.sampling_params import SamplingParams
+from batchllm.scheduler.fcfs import FCFSScheduler
+from batchllm.scheduler.interface import Scheduler
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        config: EngineConfig,
+        arch: ArchConfig,
+        tokenizer: Optional[PreTrainedTokenizerBase],
+        attention_backend: str,
+    ) -> None:
+        self.config = config
+        self.arch = arch
+        self.tokenizer = tokenizer
+        eos = list(arch.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos:
+            eos.append(tokenizer.eos_token_id)
+        self.eos_token_ids = eos
+        self.runner = ModelRunner(config, arch, eos, attention_backend)
+        self.pool = BlockPool(self.runner.num_blocks)
+        self.scheduler: Scheduler = FCFSScheduler(config.scheduler, self.pool, config.cache.block_size)
+        self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
+        self.num_iterations = 0
+
+    def add_request(
+        self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
+    ) -> Request:
+        room = self.config.max_model_len - len(prompt_token_ids)
+        max_output = room if params.max_tokens is None else min(params.max_tokens, room)
+        request = Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
+        self.scheduler.add_request(request)
+        return request
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def step(self) -> list[Request]:
+        """One iteration; returns the requests that finished in it."""
+        plan = self.scheduler.schedule()
+        if not plan.chunks:
+            if self.scheduler.has_unfinished():
+                raise RuntimeError("scheduler made no progress with requests left (a bug: please report)")
+            return []
+        now = time.monotonic()
+        for chunk in plan.chunks:
+            if chunk.request.metrics.first_scheduled_time is None:
+                chunk.request.metrics.first_scheduled_time = now
+        sampled_chunks, tokens, logprobs = self.runner.execute(plan.chunks)
+        self.num_iterations += 1
+        for chunk in plan.chunks:
+            chunk.request.num_computed_tokens += chunk.num_new_tokens
+        finished = []
+        now = time.monotonic()
+        for i, (chunk, token) in enumerate(zip(sampled_chunks, tokens)):
+            request = chunk.request
+            request.token_ids.append(token)
+            if logprobs is not None and request.params.logprobs is not None:
+                request.output_logprobs.append(logprobs[i])
+            if request.metrics.first_token_time is None:
+                request.metrics.first_token_time = now
+            if self.stop_checker.check(request):
+                request.status = RequestStatus.FINISHED
+                request.metrics.finished_time = now
+                self.scheduler.finish_request(request)
+                finished.append(request)
+        return finished
+
+    def make_output(self, request: Request) -> RequestOutput:
+        text = request.output_text
+        if text is None:
+            text = self.stop_checker.decode(request)
+        wants_logprobs = request.params.logprobs is not None
+        completion = CompletionOutput(
+            index=0,
+            text=text,
+            token_ids=request.output_token_ids,
+            cumulative_logprob=sum(request.output_logprobs) if wants_logprobs else None,
+            logprobs=list(request.output_logprobs) if wants_logprobs else None,
+            finish_reason=request.finish_reason,
+            stop_reason=request.stop_reason,
+        )
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt=request.prompt,
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=[completion],
+            finished=request.is_finished,
+            metrics=request.metrics,
+        )

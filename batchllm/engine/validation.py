@@ -1,0 +1,38 @@
+"""Checks of user input done before any compute; every message names the request index and field."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from batchllm.sampling_params import SamplingParams
+
+
+def prompt_errors(index: int, token_ids: list[int], vocab_size: int, max_model_len: int) -> list[str]:
+    if len(token_ids) == 0:
+        return [f"request {index}: prompt: is empty (it must have at least one token)"]
+    errors = []
+    if len(token_ids) >= max_model_len:
+        errors.append(
+            f"request {index}: prompt: {len(token_ids)} tokens, but max_model_len={max_model_len} leaves no room "
+            "for output (shorten the prompt or raise max_model_len)"
+        )
+    bad = [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    if bad:
+        errors.append(
+            f"request {index}: prompt_token_ids: {bad[:5]} {'...' if len(bad) > 5 else ''}outside the vocabulary "
+            f"[0, {vocab_size})"
+        )
+    return errors
+
+
+def sampling_errors(index: int, params: Any, vocab_size: int) -> list[str]:
+    if not isinstance(params, SamplingParams):
+        return [f"request {index}: sampling_params: expected SamplingParams, got {type(params).__name__}"]
+    return [f"request {index}: {e}" for e in params.validation_errors(vocab_size)]
+
+
+def raise_if_errors(errors: list[str]) -> None:
+    if errors:
+        shown = errors[:20]
+        more = f"\n... and {len(errors) - 20} more" if len(errors) > 20 else ""
+        raise ValueError("invalid input, nothing was run:\n" + "\n".join(shown) + more)

@@ -1,0 +1,34 @@
+"""The per-layer KV tensors and how many blocks fit in the memory we may use."""
+
+from __future__ import annotations
+
+import torch
+
+from batchllm.config import CacheConfig
+from batchllm.model.arch_config import ArchConfig
+
+
+def kv_bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
+    return arch.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * block_size
+
+
+def num_blocks_for_budget(budget_bytes: int, arch: ArchConfig, cache: CacheConfig, dtype: torch.dtype) -> int:
+    return max(0, budget_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
+
+
+def gpu_kv_budget_bytes(device: torch.device, utilization: float) -> int:
+    """What is left for KV of `utilization` x total memory, after weights and the profiled activation peak."""
+    free, total = torch.cuda.mem_get_info(device)
+    used_by_us = torch.cuda.max_memory_allocated(device)
+    used_by_others = total - free - torch.cuda.memory_reserved(device)
+    return int(total * utilization) - used_by_us - max(0, used_by_others)
+
+
+def allocate_kv_cache(
+    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+    return [
+        (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+        for _ in range(arch.num_layers)
+    ]

@@ -1,0 +1,166 @@
+"""Offline entry point: `LLM(model).generate(prompts, sampling_params)`, as in vLLM."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from tqdm.auto import tqdm
+
+from batchllm.config import CacheConfig, EngineConfig, SchedulerConfig, resolve_device, resolve_dtype
+from batchllm.engine.llm_engine import LLMEngine
+from batchllm.engine.validation import prompt_errors, raise_if_errors, sampling_errors
+from batchllm.model.arch_config import load_arch_config
+from batchllm.model.tokenizer import load_tokenizer
+from batchllm.outputs import RequestOutput
+from batchllm.sampling_params import SamplingParams
+
+PromptType = Union[str, dict]
+Conversation = list[dict]
+
+
+class LLM:
+    """Load a model once, then run whole batches of prompts through the engine."""
+
+    def __init__(
+        self,
+        model: str,
+        dtype: str = "auto",
+        device: str = "auto",
+        load_format: str = "auto",
+        max_model_len: Optional[int] = None,
+        seed: int = 0,
+        tokenizer: Optional[str] = None,
+        block_size: int = 16,
+        gpu_memory_utilization: float = 0.90,
+        cpu_kv_cache_bytes: int = 1 << 30,
+        num_kv_blocks: Optional[int] = None,
+        max_num_batched_tokens: Optional[int] = None,
+        max_num_seqs: Optional[int] = 256,
+        enable_chunked_prefill: bool = True,
+        attention_backend: str = "auto",
+        skip_tokenizer_init: bool = False,
+    ) -> None:
+        arch = load_arch_config(model)
+        torch_device = resolve_device(device)
+        limit = arch.max_position_embeddings
+        if arch.sliding_window is not None:
+            limit = min(limit, arch.sliding_window)  # within the window, sliding attention equals full attention
+        if max_model_len is None:
+            max_model_len = limit
+        elif max_model_len > limit:
+            raise ValueError(
+                f"max_model_len={max_model_len} exceeds what the model supports ({limit}: max_position_embeddings"
+                f"{' / sliding_window' if arch.sliding_window else ''}); lower it"
+            )
+        if max_num_batched_tokens is None:
+            max_num_batched_tokens = 8192 if enable_chunked_prefill else max(8192, max_model_len)
+        self.config = EngineConfig(
+            model=model,
+            dtype=resolve_dtype(dtype, arch.torch_dtype, torch_device),
+            device=torch_device,
+            max_model_len=max_model_len,
+            load_format=load_format,
+            seed=seed,
+            cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks),
+            scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs, enable_chunked_prefill),
+        )
+        self.tokenizer = None if skip_tokenizer_init else load_tokenizer(tokenizer or model)
+        if attention_backend == "auto":
+            attention_backend = "reference"
+        self.engine = LLMEngine(self.config, arch, self.tokenizer, attention_backend)
+        self.vocab_size = arch.vocab_size
+        self._next_request = 0
+
+    def get_tokenizer(self):
+        return self.tokenizer
+
+    def _to_token_ids(self, index: int, prompt: Any, errors: list[str]) -> tuple[Optional[str], list[int]]:
+        if isinstance(prompt, dict):
+            if "prompt_token_ids" in prompt:
+                ids = prompt["prompt_token_ids"]
+                if not isinstance(ids, (list, tuple)):
+                    errors.append(f"request {index}: prompt_token_ids: expected a list of ints, got {type(ids).__name__}")
+                    return None, []
+                return prompt.get("prompt"), list(ids)
+            if "prompt" in prompt:
+                prompt = prompt["prompt"]
+            else:
+                errors.append(f"request {index}: prompt: a dict prompt needs 'prompt' or 'prompt_token_ids'")
+                return None, []
+        if not isinstance(prompt, str):
+            errors.append(f"request {index}: prompt: expected str or dict, got {type(prompt).__name__}")
+            return None, []
+        if self.tokenizer is None:
+            errors.append(f"request {index}: prompt: text given but the tokenizer was skipped; pass prompt_token_ids")
+            return prompt, []
+        return prompt, list(self.tokenizer(prompt).input_ids)
+
+    def generate(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in input order."""
+        if isinstance(prompts, (str, dict)):
+            prompts = [prompts]
+        prompts = list(prompts)
+        if sampling_params is None:
+            sampling_params = SamplingParams()
+        if isinstance(sampling_params, SamplingParams):
+            params_list = [sampling_params] * len(prompts)
+        else:
+            params_list = list(sampling_params)
+            if len(params_list) != len(prompts):
+                raise ValueError(
+                    f"sampling_params: {len(params_list)} given for {len(prompts)} prompts; give one or one per prompt"
+                )
+        errors: list[str] = []
+        encoded = []
+        for index, (prompt, params) in enumerate(zip(prompts, params_list)):
+            text, ids = self._to_token_ids(index, prompt, errors)
+            if ids or not errors or not errors[-1].startswith(f"request {index}:"):
+                errors += prompt_errors(index, ids, self.vocab_size, self.config.max_model_len)
+            errors += sampling_errors(index, params, self.vocab_size)
+            encoded.append((text, ids))
+        raise_if_errors(errors)
+        return self._run(encoded, params_list, use_tqdm)
+
+    def _run(self, encoded, params_list, use_tqdm: bool) -> list[RequestOutput]:
+        requests = []
+        for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
+            request_id = str(self._next_request)
+            self._next_request += 1
+            requests.append(self.engine.add_request(request_id, text, ids, params, index))
+        outputs: list[Optional[RequestOutput]] = [None] * len(requests)
+        position = {id(r): i for i, r in enumerate(requests)}
+        with tqdm(total=len(requests), disable=not use_tqdm, desc="Processed prompts", unit="req") as bar:
+            while self.engine.has_unfinished():
+                for request in self.engine.step():
+                    outputs[position[id(request)]] = self.engine.make_output(request)
+                    bar.update(1)
+        return outputs  # type: ignore[return-value]
+
+    def chat(
+        self,
+        messages: Union[Conversation, Sequence[Conversation]],
+        sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+        use_tqdm: bool = True,
+        add_generation_prompt: bool = True,
+        chat_template: Optional[str] = None,
+    ) -> list[RequestOutput]:
+        """Apply the tokenizer's chat template to each conversation, then generate."""
+        if self.tokenizer is None:
+            raise ValueError("chat needs the tokenizer; do not pass skip_tokenizer_init=True")
+        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        prompts = []
+        for index, conversation in enumerate(conversations):
+            try:
+                text = self.tokenizer.apply_chat_template(
+                    conversation, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
+                )
+            except Exception as err:  # template errors come in many types; name the conversation
+                raise ValueError(f"request {index}: messages: the chat template failed ({err})") from err
+            ids = self.tokenizer(text, add_special_tokens=False).input_ids
+            prompts.append({"prompt": text, "prompt_token_ids": list(ids)})
+        return self.generate(prompts, sampling_params, use_tqdm)

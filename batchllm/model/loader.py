@@ -1,0 +1,144 @@
+"""Build our decoder from a HF folder (safetensors, single or sharded), a GGUF file, or dummy weights."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Iterator
+
+import torch
+
+from batchllm.model.arch_config import ArchConfig
+from batchllm.model.decoder import DecoderForCausalLM
+from batchllm.model.layers import RotaryEmbedding
+from batchllm.model.tokenizer import is_gguf_path
+
+# HF checkpoint name -> (our parameter name, shard index within a fused parameter or None)
+_FUSED = {
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+}
+_LAYER_NAME = re.compile(r"^(?:model\.)?layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.(weight|bias)$")
+
+
+def _build_empty(cfg: ArchConfig, max_positions: int, dtype: torch.dtype, device: torch.device) -> DecoderForCausalLM:
+    with torch.device("meta"):
+        model = DecoderForCausalLM(cfg, max_positions)
+    model = model.to(dtype=dtype).to_empty(device=device)
+    # Meta tensors have no values: rebuild the rotary tables (kept in the compute dtype, as transformers casts them).
+    fresh = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
+    model.rope.cos_cache = fresh.cos_cache.to(device)
+    model.rope.sin_cache = fresh.sin_cache.to(device)
+    return model
+
+
+def _shard_sizes(cfg: ArchConfig, fused: str) -> list[int]:
+    if fused == "qkv_proj":
+        return [cfg.q_size, cfg.kv_size, cfg.kv_size]
+    return [cfg.intermediate_size, cfg.intermediate_size]
+
+
+def load_named_tensor(model: DecoderForCausalLM, name: str, tensor: torch.Tensor) -> bool:
+    """Copy one checkpoint tensor into its (possibly fused) parameter; False if the name is not ours."""
+    cfg = model.cfg
+    params = dict(model.named_parameters())
+    match = _LAYER_NAME.match(name)
+    if match:
+        layer, block, proj, kind = match.groups()
+        if proj in _FUSED:
+            fused, shard = _FUSED[proj]
+            target = params[f"layers.{layer}.{block}.{fused}.{kind}"]
+            sizes = _shard_sizes(cfg, fused)
+            offset = sum(sizes[:shard])
+            target.data[offset : offset + sizes[shard]].copy_(tensor)
+            return True
+    local = name.removeprefix("model.")
+    if local == "lm_head.weight" and cfg.tie_word_embeddings:
+        return True
+    if local not in params:
+        return False
+    params[local].data.copy_(tensor)
+    return True
+
+
+def _safetensors_files(folder: str) -> list[str]:
+    index = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        with open(index) as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        return [os.path.join(folder, name) for name in files]
+    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+    if not files:
+        raise ValueError(f"model={folder!r}: no *.safetensors weights in the folder (use load_format='dummy' for random weights)")
+    return files
+
+
+def _iter_safetensors(folder: str, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+    from safetensors import safe_open
+
+    for path in _safetensors_files(folder):
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                yield name, f.get_tensor(name)
+
+
+def _iter_gguf(path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Dequantized tensors under their HF names, via transformers' GGUF reader (uses the `gguf` package)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    folder, name = os.path.split(os.path.abspath(path))
+    hf_config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    with torch.device("meta"):
+        # A meta model costs no memory; transformers needs it only for the GGUF -> HF name map.
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
+    yield from tensors.items()
+
+
+def init_dummy_weights(model: DecoderForCausalLM, seed: int) -> None:
+    """Small uniform random weights (norms at 1): stable activations, real shapes, real speed."""
+    generator = torch.Generator(device=model.embed_tokens.weight.device).manual_seed(seed)
+    for name, param in model.named_parameters():
+        if name.endswith("norm.weight"):
+            param.data.fill_(1.0)
+        else:
+            param.data.uniform_(-1e-3, 1e-3, generator=generator)
+
+
+def load_model(
+    model_path: str,
+    cfg: ArchConfig,
+    max_positions: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    load_format: str = "auto",
+    seed: int = 0,
+) -> DecoderForCausalLM:
+    model = _build_empty(cfg, max_positions, dtype, device)
+    if load_format == "dummy":
+        init_dummy_weights(model, seed)
+        return model.eval()
+    tensors = _iter_gguf(model_path) if is_gguf_path(model_path) else _iter_safetensors(model_path, device)
+    expected = {n for n, _ in model.named_parameters()}
+    loaded: set[str] = set()
+    for name, tensor in tensors:
+        if load_named_tensor(model, name, tensor.to(dtype)):
+            loaded.add(_our_name(name))
+    missing = expected - loaded
+    if missing:
+        raise ValueError(f"model={model_path!r}: checkpoint lacks weights for {sorted(missing)[:5]} ...")
+    return model.eval()
+
+
+def _our_name(name: str) -> str:
+    match = _LAYER_NAME.match(name)
+    if match and match.group(3) in _FUSED:
+        layer, block, proj, kind = match.groups()
+        return f"layers.{layer}.{block}.{_FUSED[proj][0]}.{kind}"
+    return name.removeprefix("model.")

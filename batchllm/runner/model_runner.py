@@ -1,0 +1,108 @@
+"""Owns the model, its paged KV cache and the sampler; runs one scheduled iteration."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+import torch
+
+from batchllm.attention.backend import get_attention_backend
+from batchllm.attention.metadata import AttentionMetadata
+from batchllm.config import EngineConfig
+from batchllm.kv_cache.block_table import kv_blocks_needed
+from batchllm.kv_cache.cache_tensors import (
+    allocate_kv_cache,
+    gpu_kv_budget_bytes,
+    kv_bytes_per_block,
+    num_blocks_for_budget,
+)
+from batchllm.model.arch_config import ArchConfig
+from batchllm.model.loader import load_model
+from batchllm.runner.input_batch import prepare_inputs
+from batchllm.runner.sampler import Sampler
+from batchllm.scheduler.interface import ScheduledChunk
+
+logger = logging.getLogger(__name__)
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, arch: ArchConfig, eos_token_ids: list[int], attention_backend: str) -> None:
+        self.config = config
+        self.arch = arch
+        self.device = config.device
+        self.block_size = config.cache.block_size
+        self.model = load_model(
+            config.model, arch, config.max_model_len, config.dtype, config.device, config.load_format, config.seed
+        )
+        self.backend = get_attention_backend(attention_backend)
+        self.sampler = Sampler(eos_token_ids, config.seed, config.device)
+        self.num_blocks = self._decide_num_blocks()
+        self.kv_caches = allocate_kv_cache(arch, self.num_blocks, self.block_size, config.dtype, self.device)
+
+    def _decide_num_blocks(self) -> int:
+        cache = self.config.cache
+        if cache.num_kv_blocks is not None:
+            num_blocks = cache.num_kv_blocks
+        elif self.device.type == "cuda":
+            self._profile_peak_activation()
+            budget = gpu_kv_budget_bytes(self.device, cache.gpu_memory_utilization)
+            num_blocks = num_blocks_for_budget(budget, self.arch, cache, self.config.dtype)
+        else:
+            num_blocks = num_blocks_for_budget(cache.cpu_kv_cache_bytes, self.arch, cache, self.config.dtype)
+        needed = kv_blocks_needed(self.config.max_model_len, self.block_size)
+        if num_blocks < needed:
+            per_block = kv_bytes_per_block(self.arch, self.block_size, self.config.dtype)
+            raise ValueError(
+                f"the KV cache fits {num_blocks} blocks ({num_blocks * self.block_size} tokens), fewer than one "
+                f"request of max_model_len={self.config.max_model_len} needs ({needed} blocks of {per_block} bytes); "
+                "lower max_model_len or give the cache more memory (gpu_memory_utilization / cpu_kv_cache_bytes)"
+            )
+        logger.info("KV cache: %d blocks of %d tokens", num_blocks, self.block_size)
+        return num_blocks
+
+    @torch.inference_mode()
+    def _profile_peak_activation(self) -> None:
+        """Run the largest iteration the scheduler can produce once, so max_memory_allocated sees its peak."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        tokens = self.config.scheduler.max_num_batched_tokens
+        seq_len = min(tokens, self.config.max_model_len)
+        num_seqs = (tokens + seq_len - 1) // seq_len
+        blocks_per_seq = kv_blocks_needed(seq_len, self.block_size)
+        caches = allocate_kv_cache(self.arch, num_seqs * blocks_per_seq, self.block_size, self.config.dtype, self.device)
+        q_lens = [seq_len] * (tokens // seq_len) + ([tokens % seq_len] if tokens % seq_len else [])
+        starts = [0]
+        for q in q_lens:
+            starts.append(starts[-1] + q)
+        block_tables = torch.arange(num_seqs * blocks_per_seq, dtype=torch.int32, device=self.device).view(num_seqs, -1)
+        positions = torch.cat([torch.arange(q, device=self.device) for q in q_lens])
+        seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=self.device), torch.tensor(q_lens, device=self.device))
+        slots = block_tables[seq_index, positions // self.block_size].long() * self.block_size + positions % self.block_size
+        meta = AttentionMetadata(
+            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
+            seq_lens=torch.tensor(q_lens, dtype=torch.int32, device=self.device),
+            block_tables=block_tables,
+            slot_mapping=slots,
+            max_query_len=max(q_lens),
+            max_seq_len=max(q_lens),
+            query_start_loc_cpu=starts,
+            seq_lens_cpu=q_lens,
+        )
+        input_ids = torch.zeros(tokens, dtype=torch.long, device=self.device)
+        logits_index = torch.tensor([s - 1 for s in starts[1:]], device=self.device)
+        self.model(input_ids, positions, caches, meta, self.backend, logits_index)
+        torch.cuda.synchronize(self.device)
+        del caches
+
+    @torch.inference_mode()
+    def execute(self, chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], list[int], Optional[list[float]]]:
+        """Run the chunks; return the chunks that produced a token, their tokens and (if asked) logprobs."""
+        inputs = prepare_inputs(chunks, self.block_size, self.device)
+        logits = self.model(
+            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
+        )
+        if not inputs.sampled_chunks:
+            return [], [], None
+        tokens, logprobs = self.sampler.sample(logits, [c.request for c in inputs.sampled_chunks])
+        return inputs.sampled_chunks, tokens, logprobs

@@ -1,0 +1,79 @@
+"""Next-token choice for a batch of rows: greedy, temperature, top-k, top-p, per-request seeds."""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from batchllm.engine.request import Request
+
+
+def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Mask (to -inf) tokens outside each row's top-k / nucleus; top_k 0 and top_p 1 disable them."""
+    sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+    vocab = logits.shape[-1]
+    ranks = torch.arange(vocab, device=logits.device).expand_as(sorted_logits)
+    k = torch.where(top_k > 0, top_k, vocab).unsqueeze(1)
+    remove = ranks >= k
+    probs = sorted_logits.masked_fill(remove, float("-inf")).softmax(dim=-1)
+    # drop a token when the mass before it already reaches top_p (the first token always stays)
+    mass_before = probs.cumsum(dim=-1) - probs
+    remove |= mass_before >= top_p.unsqueeze(1)
+    remove[:, 0] = False
+    sorted_logits = sorted_logits.masked_fill(remove, float("-inf"))
+    return torch.empty_like(logits).scatter_(1, sorted_idx, sorted_logits)
+
+
+class Sampler:
+    def __init__(self, eos_token_ids: Sequence[int], seed: int, device: torch.device) -> None:
+        self.eos_token_ids = list(eos_token_ids)
+        self.device = device
+        self.generator = torch.Generator(device=device).manual_seed(seed)  # for requests without a seed
+
+    def _banned_until_min_tokens(self, request: Request) -> list[int]:
+        if request.num_output_tokens >= request.params.min_tokens:
+            return []
+        banned = list(request.params.stop_token_ids)
+        if not request.params.ignore_eos:
+            banned += self.eos_token_ids
+        return banned
+
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], Optional[list[float]]]:
+        """Chosen token per row, and the chosen tokens' log-probabilities if any request asked."""
+        for row, request in enumerate(requests):
+            banned = self._banned_until_min_tokens(request)
+            if banned:
+                logits[row, banned] = float("-inf")
+        want_logprobs = any(r.params.logprobs is not None for r in requests)
+        logprobs_all = logits.log_softmax(dim=-1) if want_logprobs else None
+
+        chosen = logits.argmax(dim=-1)
+        random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
+        if random_rows:
+            rows = torch.tensor(random_rows, device=logits.device)
+            params = [requests[i].params for i in random_rows]
+            temps = torch.tensor([p.temperature for p in params], device=logits.device, dtype=logits.dtype)
+            scaled = logits[rows] / temps.unsqueeze(1)
+            if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+                top_k = torch.tensor([p.top_k for p in params], device=logits.device)
+                top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
+                scaled = apply_top_k_top_p(scaled, top_k, top_p)
+            probs = scaled.softmax(dim=-1)
+            # Exponential race (argmax p/E, E~Exp(1)) samples from p; one draw per row keeps seeded rows
+            # independent of what else is in the batch.
+            noise = torch.empty_like(probs)
+            for j, row in enumerate(random_rows):
+                noise[j].exponential_(generator=self._generator_for(requests[row]))
+            chosen[rows] = (probs / noise).argmax(dim=-1)
+        tokens = chosen.tolist()
+        if logprobs_all is None:
+            return tokens, None
+        return tokens, logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
+
+    def _generator_for(self, request: Request) -> torch.Generator:
+        if request.params.seed is None:
+            return self.generator
+        if request.generator is None:
+            request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+        return request.generator
