@@ -12,8 +12,8 @@ Work decomposition (one program = one "query tile" x one KV head x one KV split)
   of the last query are never visited.
 * Split-K (flash-decoding): the KV tiles of a query tile are divided into NUM_SPLITS ranges on the
   device (from the actual seq_len, so a fixed split count is CUDA-graph safe); every split writes
-  an unnormalised-free partial output plus its log-sum-exp, and `_merge_splits_kernel` combines
-  them exactly. The same (O, LSE) outputs are what a later shared-prefix (cascade) kernel merges.
+  its normalised partial output plus its log-sum-exp, and `_merge_splits_kernel` combines them
+  exactly. The same (O, LSE) outputs are what a later shared-prefix (cascade) kernel merges.
 
 Online softmax runs in fp32 in the log2 domain (exp2 with scale * log2(e) folded into scores).
 """
@@ -61,6 +61,66 @@ class TileConfig:
 
 
 @triton.jit
+def _attend_kv_tile(
+    acc,
+    m_i,
+    l_i,
+    q,
+    q_pos,
+    j,
+    k_cache,
+    v_cache,
+    bt_row,
+    kv_head_off_k,
+    kv_head_off_v,
+    stride_kb,
+    stride_kt,
+    stride_vb,
+    stride_vt,
+    seq_len,
+    qk_scale,
+    PAGE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    D_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """One online-softmax step over KV tile j (tokens j*BLOCK_N ...) of one sequence.
+
+    CAUSAL=False is only used for tiles every row fully sees (all tokens < seq_len and <= q_pos),
+    so those tiles need neither bounds nor causal masks.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < HEAD_DIM
+    tok = j * BLOCK_N + offs_n
+    if CAUSAL:
+        tok_ok = tok < seq_len
+        page = tl.load(bt_row + tok // PAGE, mask=tok_ok, other=0).to(tl.int64)
+        kv_mask = tok_ok[:, None] & d_ok[None, :]
+    else:
+        page = tl.load(bt_row + tok // PAGE).to(tl.int64)
+        kv_mask = d_ok[None, :]
+    in_page = tok % PAGE
+    k_ptrs = k_cache + (page * stride_kb + in_page * stride_kt + kv_head_off_k)[:, None] + offs_d[None, :]
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
+    s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
+    if CAUSAL:
+        s = tl.where(tok[None, :] <= q_pos[:, None], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v_ptrs = v_cache + (page * stride_vb + in_page * stride_vt + kv_head_off_v)[:, None] + offs_d[None, :]
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
 def _attend_kv_tiles(
     acc,
     m_i,
@@ -87,39 +147,28 @@ def _attend_kv_tiles(
     CAUSAL: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
-    """Online-softmax accumulation of KV tiles [tile_lo, tile_hi) of one sequence.
-
-    CAUSAL=False is only used for tiles every row fully sees (all tokens < seq_len and <= q_pos),
-    so those tiles need neither bounds nor causal masks.
-    """
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < HEAD_DIM
-    for j in range(tile_lo, tile_hi):
-        tok = j * BLOCK_N + offs_n
-        if CAUSAL:
-            tok_ok = tok < seq_len
-            page = tl.load(bt_row + tok // PAGE, mask=tok_ok, other=0).to(tl.int64)
-            kv_mask = tok_ok[:, None] & d_ok[None, :]
-        else:
-            page = tl.load(bt_row + tok // PAGE).to(tl.int64)
-            kv_mask = d_ok[None, :]
-        in_page = tok % PAGE
-        k_ptrs = k_cache + (page * stride_kb + in_page * stride_kt + kv_head_off_k)[:, None] + offs_d[None, :]
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
-        s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
-        if CAUSAL:
-            s = tl.where(tok[None, :] <= q_pos[:, None], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = v_cache + (page * stride_vb + in_page * stride_vt + kv_head_off_v)[:, None] + offs_d[None, :]
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-        acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
-        m_i = m_new
+    """Accumulate KV tiles [tile_lo, tile_hi) of one sequence into (acc, m_i, l_i)."""
+    if INTERPRET:
+        # Triton 3.6's interpreter cannot range() over runtime scalars with NumPy >= 2.4
+        # (triton-lang/triton#9171); a while loop avoids it. The GPU keeps scf.for so that
+        # num_stages software pipelining applies.
+        j = tile_lo
+        while j < tile_hi:
+            acc, m_i, l_i = _attend_kv_tile(
+                acc, m_i, l_i, q, q_pos, j, k_cache, v_cache, bt_row, kv_head_off_k, kv_head_off_v,
+                stride_kb, stride_kt, stride_vb, stride_vt, seq_len, qk_scale,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, CAUSAL, UPCAST, PRECISION,
+            )  # fmt: skip
+            j += 1
+    else:
+        for j in range(tile_lo, tile_hi):
+            acc, m_i, l_i = _attend_kv_tile(
+                acc, m_i, l_i, q, q_pos, j, k_cache, v_cache, bt_row, kv_head_off_k, kv_head_off_v,
+                stride_kb, stride_kt, stride_vb, stride_vt, seq_len, qk_scale,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, CAUSAL, UPCAST, PRECISION,
+            )  # fmt: skip
     return acc, m_i, l_i
 
 
@@ -184,6 +233,7 @@ def _paged_attn_kernel(
     IS_DECODE: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     pid_q = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -240,13 +290,13 @@ def _paged_attn_kernel(
         acc, m_i, l_i, q, q_pos, k_cache, v_cache, bt_row, koff, voff,
         stride_kb, stride_kt, stride_vb, stride_vt, seq_len,
         lo, tl.minimum(hi, n_full), qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, UPCAST, PRECISION,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
     acc, m_i, l_i = _attend_kv_tiles(
         acc, m_i, l_i, q, q_pos, k_cache, v_cache, bt_row, koff, voff,
         stride_kb, stride_kt, stride_vb, stride_vt, seq_len,
         tl.maximum(lo, n_full), hi, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
 
     store_mask = row_ok[:, None] & d_ok[None, :]
@@ -288,9 +338,173 @@ def _merge_splits_kernel(
     offs_d = tl.arange(0, D_PAD)
     s_ok = offs_s < NUM_SPLITS
     lse = tl.load(part_lse_ptr + t * stride_lt + h * stride_lh + offs_s, mask=s_ok, other=float("-inf"))
-    w = tl.exp2(lse - tl.max(lse, 0))
+    w = tl.exp(lse - tl.max(lse, 0))
     w = w / tl.sum(w, 0)
     o_ptrs = part_out_ptr + t * stride_pt + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :]
     o = tl.load(o_ptrs, mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
     res = tl.sum(o * w[:, None], 0)
     tl.store(out_ptr + t * stride_ot + h * stride_oh + offs_d, res.to(out_ptr.dtype.element_ty), mask=offs_d < HEAD_DIM)
+
+
+# --------------------------------------------------------------------------------------------
+# Host code
+# --------------------------------------------------------------------------------------------
+
+
+def decode_config(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> TileConfig:
+    """One query token per tile; M = the GQA group padded to 16 (tl.dot's minimum)."""
+    group = num_q_heads // num_kv_heads
+    block_m = max(16, next_pow2(group))
+    if dtype == torch.float32:
+        return TileConfig(block_m, 1, 32, 4, 2)
+    block_n = 64 if head_dim <= 128 else 32
+    return TileConfig(block_m, 1, block_n, 4, 3)
+
+
+def prefill_config(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> TileConfig:
+    """Tiles of BLOCK_M rows = BLOCK_M // G query tokens x G heads (Hopper: 128 x 64, 8 warps)."""
+    group = num_q_heads // num_kv_heads
+    if dtype == torch.float32:
+        block_m, block_n, warps, stages = 64, 32, 4, 1
+    elif head_dim <= 128:
+        block_m, block_n, warps, stages = 128, 64, 8, 2
+    else:
+        block_m, block_n, warps, stages = 64, 32, 4, 2
+    block_m = max(block_m, next_pow2(group))
+    return TileConfig(block_m, block_m // group, block_n, warps, stages)
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_n: int, device: torch.device) -> int:
+    """Split-K factor for a pure-decode batch: enough programs to fill the GPU, >= 4 KV tiles each.
+
+    Large batches already give B * Hkv programs >> SMs and need no split (and no merge pass).
+    """
+    programs = max(1, num_seqs * num_kv_heads)
+    target = 4 * num_sms(device)
+    if programs >= target:
+        return 1
+    max_useful = max(1, cdiv(max_seq_len, block_n) // 4)
+    return min(next_pow2(cdiv(target, programs)), next_pow2(max_useful), 64)
+
+
+def _num_leading_decodes(meta: AttentionMetadata) -> int:
+    """Sequences at the head of the batch with q_len == 1 (engines put decodes first)."""
+    q_lens = np.diff(np.asarray(meta.query_start_loc_cpu, dtype=np.int64))
+    not_decode = np.flatnonzero(q_lens != 1)
+    return int(not_decode[0]) if len(not_decode) else len(q_lens)
+
+
+def _launch(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    out: torch.Tensor,
+    meta: AttentionMetadata,
+    qk_scale: float,
+    seq_begin: int,
+    seq_end: int,
+    num_tokens: int,
+    cfg: TileConfig,
+    is_decode: bool,
+    num_splits: int,
+) -> None:
+    num_q_heads, head_dim = query.shape[1], query.shape[2]
+    num_kv_heads = k_cache.shape[2]
+    group = num_q_heads // num_kv_heads
+    num_seqs = seq_end - seq_begin
+    if is_decode:
+        grid0 = num_seqs
+    else:
+        grid0 = num_tokens // cfg.block_q + num_seqs
+    if num_splits > 1:
+        total_t = query.shape[0]
+        part_out = torch.empty(total_t, num_q_heads, num_splits, head_dim, dtype=torch.float32, device=query.device)
+        part_lse = torch.empty(total_t, num_q_heads, num_splits, dtype=torch.float32, device=query.device)
+    else:
+        part_out = part_lse = out  # unused by the kernel (NUM_SPLITS == 1 branch is compiled out)
+    d_pad = max(16, next_pow2(head_dim))
+    _paged_attn_kernel[(grid0, num_kv_heads, num_splits)](
+        query, k_cache, v_cache, out, part_out, part_lse,
+        meta.query_start_loc, meta.seq_lens, meta.block_tables,
+        query.stride(0), query.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        meta.block_tables.stride(0),
+        part_out.stride(0), part_out.stride(1), part_out.stride(2) if num_splits > 1 else 0,
+        part_lse.stride(0), part_lse.stride(1),
+        seq_begin, seq_end, qk_scale,
+        G=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, BLOCK_N=cfg.block_n,
+        PAGE=k_cache.shape[1], HEAD_DIM=head_dim, D_PAD=d_pad,
+        NUM_SPLITS=num_splits, IS_DECODE=is_decode,
+        UPCAST=upcast_dot(query.dtype), PRECISION=dot_precision(query.dtype), INTERPRET=is_interpreter(),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    if num_splits > 1:
+        _merge_splits_kernel[(query.shape[0], num_q_heads)](
+            part_out, part_lse, out,
+            part_out.stride(0), part_out.stride(1), part_out.stride(2),
+            part_lse.stride(0), part_lse.stride(1),
+            out.stride(0), out.stride(1),
+            NUM_SPLITS=num_splits, S_PAD=next_pow2(num_splits), HEAD_DIM=head_dim, D_PAD=d_pad,
+            num_warps=4,
+        )  # fmt: skip
+
+
+def _check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor) -> None:
+    if query.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"bad shapes: query {tuple(query.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
+    if query.shape[2] != k_cache.shape[3] or query.shape[1] % k_cache.shape[2] != 0:
+        raise ValueError("query heads must be a multiple of KV heads and head dims must match")
+    if not (query.dtype == k_cache.dtype == v_cache.dtype == out.dtype):
+        raise ValueError("query, caches and out must share one dtype")
+    if out.shape != query.shape:
+        raise ValueError("out must have the query's shape")
+    for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last (head_dim) axis")
+
+
+def paged_attention_triton(
+    query: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    out: torch.Tensor | None = None,
+    *,
+    num_splits: int | None = None,
+    decode_cfg: TileConfig | None = None,
+    prefill_cfg: TileConfig | None = None,
+) -> torch.Tensor:
+    """Causal attention of query [T, Hq, D] over the paged cache; same contract as
+    `paged_attention_reference` (new tokens' KV already written). Returns `out`.
+
+    Pure-decode batches (max_query_len == 1) use one decode launch, split-K when the batch is too
+    small to fill the GPU (`num_splits` pins the factor, e.g. per CUDA-graph bucket; None = auto).
+    Mixed batches use a decode launch for the leading q_len == 1 sequences and a prefill/extend
+    launch for the rest (any q_len, decodes included), so decodes do not waste 128-row tiles.
+    """
+    if out is None:
+        out = torch.empty_like(query)
+    _check_inputs(query, k_cache, v_cache, out)
+    num_seqs = meta.num_seqs
+    num_tokens = query.shape[0]
+    if num_seqs == 0 or num_tokens == 0:
+        return out
+    num_q_heads, num_kv_heads, head_dim = query.shape[1], k_cache.shape[2], query.shape[2]
+    qk_scale = float(scale) * LOG2E
+    dcfg = decode_cfg or decode_config(num_q_heads, num_kv_heads, head_dim, query.dtype)
+
+    if meta.max_query_len <= 1:
+        if num_splits is None:
+            num_splits = choose_num_splits(num_seqs, num_kv_heads, meta.max_seq_len, dcfg.block_n, query.device)
+        _launch(query, k_cache, v_cache, out, meta, qk_scale, 0, num_seqs, num_tokens, dcfg, True, num_splits)
+        return out
+
+    num_decodes = _num_leading_decodes(meta)
+    if num_decodes > 0:
+        _launch(query, k_cache, v_cache, out, meta, qk_scale, 0, num_decodes, num_decodes, dcfg, True, 1)
+    pcfg = prefill_cfg or prefill_config(num_q_heads, num_kv_heads, head_dim, query.dtype)
+    rest_tokens = num_tokens - meta.query_start_loc_cpu[num_decodes]
+    _launch(query, k_cache, v_cache, out, meta, qk_scale, num_decodes, num_seqs, rest_tokens, pcfg, False, 1)
+    return out

@@ -133,7 +133,8 @@ def load_arch_config(model: str) -> ArchConfig:
 
         folder, name = os.path.split(os.path.abspath(model))
         cfg = AutoConfig.from_pretrained(folder, gguf_file=name).to_dict()
-        cfg.setdefault("architectures", [_GGUF_MODEL_TYPES.get(cfg.get("model_type"), cfg.get("model_type"))])
+        if not cfg.get("architectures"):
+            cfg["architectures"] = [_GGUF_MODEL_TYPES.get(cfg.get("model_type"), cfg.get("model_type"))]
         return arch_config_from_dict(cfg)
     if not os.path.isdir(model):
         raise ValueError(f"model={model!r}: no such folder or .gguf file")
