@@ -338,7 +338,7 @@ def _merge_splits_kernel(
     offs_d = tl.arange(0, D_PAD)
     s_ok = offs_s < NUM_SPLITS
     lse = tl.load(part_lse_ptr + t * stride_lt + h * stride_lh + offs_s, mask=s_ok, other=float("-inf"))
-    w = tl.exp(lse - tl.max(lse, 0))
+    w = tl.exp2(lse - tl.max(lse, 0))
     w = w / tl.sum(w, 0)
     o_ptrs = part_out_ptr + t * stride_pt + h * stride_ph + offs_s[:, None] * stride_ps + offs_d[None, :]
     o = tl.load(o_ptrs, mask=s_ok[:, None] & (offs_d < HEAD_DIM)[None, :], other=0.0)
