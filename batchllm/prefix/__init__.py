@@ -1,0 +1,20 @@
+"""Global prefix identification: prefix tree, DP into prefix groups, reuse statistics (DESIGN.md section 1)."""
+
+from batchllm.prefix.analysis import analyze_prefixes
+from batchllm.prefix.lru_sim import LruResult, simulate_lru_prefix_cache
+from batchllm.prefix.token_arrays import TokenArrays
+from batchllm.prefix.tree import PrefixTree, build_prefix_tree
+from batchllm.prefix.types import Distribution, PrefixAnalysis, PrefixGroup, PrefixStats
+
+__all__ = [
+    "Distribution",
+    "LruResult",
+    "PrefixAnalysis",
+    "PrefixGroup",
+    "PrefixStats",
+    "PrefixTree",
+    "TokenArrays",
+    "analyze_prefixes",
+    "build_prefix_tree",
+    "simulate_lru_prefix_cache",
+]
