@@ -41,7 +41,7 @@ from batchllm.attention.triton_utils import (
 LOG2E = 1.4426950408889634
 # Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
 # alpha = exp2(0) = 1 instead of NaN from (-inf) - (-inf).
-_NEG_BIG = -1.0e30
+_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @dataclass(frozen=True)
