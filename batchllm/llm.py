@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
@@ -95,51 +95,67 @@ class LLM:
             return prompt, []
         return prompt, list(self.tokenizer(prompt).input_ids)
 
-    def generate(
-        self,
-        prompts: Union[PromptType, Sequence[PromptType]],
-        sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
-        use_tqdm: bool = True,
-    ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in input order."""
+    def encode(self, index: int, prompt: Any, params: Any) -> tuple[Optional[str], list[int], list[str]]:
+        """Tokenize one prompt and check it with its params: (text, token ids, error messages naming `index`)."""
+        errors: list[str] = []
+        text, ids = self._to_token_ids(index, prompt, errors)
+        if not errors:
+            errors += prompt_errors(index, ids, self.vocab_size, self.config.max_model_len)
+        errors += sampling_errors(index, params, self.vocab_size)
+        return text, ids, errors
+
+    def _normalize(self, prompts, sampling_params) -> tuple[list, list]:
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
         if isinstance(sampling_params, SamplingParams):
-            params_list = [sampling_params] * len(prompts)
-        else:
-            params_list = list(sampling_params)
-            if len(params_list) != len(prompts):
-                raise ValueError(
-                    f"sampling_params: {len(params_list)} given for {len(prompts)} prompts; give one or one per prompt"
-                )
+            return prompts, [sampling_params] * len(prompts)
+        params_list = list(sampling_params)
+        if len(params_list) != len(prompts):
+            raise ValueError(
+                f"sampling_params: {len(params_list)} given for {len(prompts)} prompts; give one or one per prompt"
+            )
+        return prompts, params_list
+
+    def generate(
+        self,
+        prompts: Union[PromptType, Sequence[PromptType]],
+        sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in input order.
+
+        Raises ValueError listing every bad request (index and field) before any compute.
+        """
+        prompts, params_list = self._normalize(prompts, sampling_params)
         errors: list[str] = []
         encoded = []
         for index, (prompt, params) in enumerate(zip(prompts, params_list)):
-            text, ids = self._to_token_ids(index, prompt, errors)
-            if ids or not errors or not errors[-1].startswith(f"request {index}:"):
-                errors += prompt_errors(index, ids, self.vocab_size, self.config.max_model_len)
-            errors += sampling_errors(index, params, self.vocab_size)
+            text, ids, request_errors = self.encode(index, prompt, params)
+            errors += request_errors
             encoded.append((text, ids))
         raise_if_errors(errors)
-        return self._run(encoded, params_list, use_tqdm)
+        outputs: list[Optional[RequestOutput]] = [None] * len(encoded)
+        with tqdm(total=len(encoded), disable=not use_tqdm, desc="Processed prompts", unit="req") as bar:
+            for index, output in self.run_encoded(encoded, params_list):
+                outputs[index] = output
+                bar.update(1)
+        return outputs  # type: ignore[return-value]
 
-    def _run(self, encoded, params_list, use_tqdm: bool) -> list[RequestOutput]:
+    def run_encoded(
+        self, encoded: Sequence[tuple[Optional[str], list[int]]], params_list: Sequence[SamplingParams]
+    ) -> Iterator[tuple[int, RequestOutput]]:
+        """Run already validated (text, token ids) prompts; yield (input index, output) as each finishes."""
         requests = []
         for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
             request_id = str(self._next_request)
             self._next_request += 1
             requests.append(self.engine.add_request(request_id, text, ids, params, index))
-        outputs: list[Optional[RequestOutput]] = [None] * len(requests)
-        position = {id(r): i for i, r in enumerate(requests)}
-        with tqdm(total=len(requests), disable=not use_tqdm, desc="Processed prompts", unit="req") as bar:
-            while self.engine.has_unfinished():
-                for request in self.engine.step():
-                    outputs[position[id(request)]] = self.engine.make_output(request)
-                    bar.update(1)
-        return outputs  # type: ignore[return-value]
+        while self.engine.has_unfinished():
+            for request in self.engine.step():
+                yield request.arrival_index, self.engine.make_output(request)
 
     def chat(
         self,
