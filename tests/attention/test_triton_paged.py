@@ -60,10 +60,10 @@ def make_batch(
         blocks = perm[:n]
         perm = perm[n:]
         block_tables[i, :n] = torch.tensor(blocks, dtype=torch.int32)
-        for pos in range(seq_len):
-            b, off = blocks[pos // block_size], pos % block_size
-            k_cache[b, off] = torch.randn(num_kv_heads, head_dim, generator=g)
-            v_cache[b, off] = torch.randn(num_kv_heads, head_dim, generator=g)
+        pos = torch.arange(seq_len)
+        seq_slots = torch.tensor(blocks, dtype=torch.int64)[pos // block_size] * block_size + pos % block_size
+        k_cache.view(-1, num_kv_heads, head_dim)[seq_slots] = torch.randn(seq_len, num_kv_heads, head_dim, generator=g)
+        v_cache.view(-1, num_kv_heads, head_dim)[seq_slots] = torch.randn(seq_len, num_kv_heads, head_dim, generator=g)
         slots += [blocks[p // block_size] * block_size + p % block_size for p in range(seq_len - q_len, seq_len)]
     q_lens = [q for q, _ in specs]
     qsl = [0]
@@ -169,6 +169,25 @@ def test_fp16_and_odd_shapes():
     check(make_batch(specs, 6, 2, 48, torch.float16, seed=12))
     check(make_batch(specs[:2], 6, 2, 48, torch.float16, seed=13), num_splits=2)
     check(make_batch(specs, 2, 2, 64, torch.float16, seed=14))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_head_dim_128(dtype):
+    specs = [(1, 90), (1, 17), (20, 60), (48, 48)]
+    check(make_batch(specs, 8, 2, 128, dtype, seed=15))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_batches(seed):
+    """Random order of decodes / extends / prefills, random head layout, dtype and block size."""
+    g = torch.Generator().manual_seed(100 + seed)
+    pick = lambda xs: xs[int(torch.randint(len(xs), (1,), generator=g))]  # noqa: E731
+    kinds = [pick(["decode", "decode", "extend", "prefill"]) for _ in range(int(torch.randint(1, 9, (1,), generator=g)))]
+    specs = [rand_specs(seed * 10 + i, 1, kind, max_len=120)[0] for i, kind in enumerate(kinds)]
+    heads, head_dim = pick(HEADS + [(6, 2)]), pick([16, 32, 64])
+    dtype, block_size = pick(DTYPES + [torch.float16]), pick([16, 16, 8, 32])
+    splits = pick([None, 1, 2, 5])
+    check(make_batch(specs, *heads, head_dim, dtype, block_size=block_size, seed=seed), num_splits=splits)
 
 
 def test_empty_batch():
