@@ -70,6 +70,18 @@ def make_doc_qa_workload(num_prompts: int, seed: int = 0, chunk: int = 50_000) -
     return TokenArrays(tokens, offsets)
 
 
+def make_shared_system_workload(num_prompts: int, shared: int, distinct: int, seed: int = 0) -> TokenArrays:
+    """Worst case for the sort: every prompt shares one `shared`-token system prompt (distinct=0: identical)."""
+    rng = np.random.default_rng(seed)
+    system = rng.integers(0, VOCAB, size=shared, dtype=np.int32)
+    tokens = np.empty((num_prompts, shared + distinct), dtype=np.int32)
+    tokens[:, :shared] = system
+    if distinct:
+        tokens[:, shared:] = rng.integers(0, VOCAB, size=(num_prompts, distinct), dtype=np.int32)
+    offsets = np.arange(num_prompts + 1, dtype=np.int64) * (shared + distinct)
+    return TokenArrays(tokens.ravel(), offsets)
+
+
 def make_micro_workload(num_groups: int, degree: int, shared: int, distinct: int, seed: int = 0) -> TokenArrays:
     """The paper's micro benchmark: groups of `degree` prompts, `shared` common tokens + `distinct` own ones,
     in random (interleaved) order."""
@@ -162,6 +174,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--prompts", type=int, default=100_000)
     ap.add_argument("--micro", action="store_true", help="paper micro workload (64 groups x 16, 2000/200)")
+    ap.add_argument("--workload", choices=("doc-qa", "distinct", "identical", "system"), default="doc-qa",
+                    help="doc-qa (default); distinct: 1,000 random tokens each; identical: one 1,000-token "
+                         "prompt repeated; system: 900 shared + 100 distinct tokens")
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--lru-cache-blocks", type=int, default=16_384)
     ap.add_argument("--no-lru", action="store_true")
@@ -171,11 +186,17 @@ def main() -> None:
     t = time.perf_counter()
     if args.micro:
         prompts = make_micro_workload(64, 16, 2000, 200, args.seed)
+    elif args.workload == "distinct":
+        prompts = make_shared_system_workload(args.prompts, 0, 1000, args.seed)
+    elif args.workload == "identical":
+        prompts = make_shared_system_workload(args.prompts, 1000, 0, args.seed)
+    elif args.workload == "system":
+        prompts = make_shared_system_workload(args.prompts, 900, 100, args.seed)
     else:
         prompts = make_doc_qa_workload(args.prompts, args.seed)
     gen_s = time.perf_counter() - t
     result = run(prompts, args.block_size, None if args.no_lru else args.lru_cache_blocks, args.multi_level)
-    result["workload"] = "micro 2000/200 k=16" if args.micro else "doc-QA"
+    result["workload"] = "micro 2000/200 k=16" if args.micro else args.workload
     result["generate_seconds"] = round(gen_s, 2)
     print(json.dumps(result, indent=2))
 

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from array import array
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -133,7 +133,7 @@ class LoadedPrompts:
 def load_prompts(path: str, tokenizer=None, progress: bool = True) -> LoadedPrompts:
     """Read and tokenize a request file, keeping line order; texts are tokenized in batches."""
     out = LoadedPrompts()
-    pending: list[tuple[RequestRecord, Optional[list[int]]]] = []
+    pending: list[tuple[RequestRecord, Optional[Sequence[int]]]] = []
     pending_texts = 0
 
     def flush() -> None:
@@ -150,7 +150,7 @@ def load_prompts(path: str, tokenizer=None, progress: bool = True) -> LoadedProm
             out.fail(record.line_number, record.error)
             continue
         if record.prompt_token_ids is not None:
-            pending.append((record, list(record.prompt_token_ids)))
+            pending.append((record, record.prompt_token_ids))
         elif tokenizer is None:
             out.fail(record.line_number, "a text or chat prompt needs --model to be tokenized")
             continue

@@ -28,7 +28,7 @@ def test_reader_accepts_every_shape_and_keeps_params():
     r = parse_request_line('{"prompt": "hi", "max_tokens": 3}', 1)
     assert r.ok and r.prompt == "hi" and r.params == {"max_tokens": 3}
     r = parse_request_line('{"prompt_token_ids": [1, 2], "custom_id": 7}', 2)
-    assert r.prompt_token_ids == (1, 2) and r.custom_id == "7" and r.line_number == 2
+    assert list(r.prompt_token_ids) == [1, 2] and r.custom_id == "7" and r.line_number == 2
     r = parse_request_line(json.dumps({"messages": [{"role": "user", "content": "x"}]}), 3)
     assert r.messages == ({"role": "user", "content": "x"},)
     batch = {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
@@ -37,7 +37,7 @@ def test_reader_accepts_every_shape_and_keeps_params():
     assert r.ok and r.custom_id == "req-1" and r.url == "/v1/chat/completions"
     assert r.params == {"model": "m", "temperature": 0} and r.messages[0]["content"] == "q"
     r = parse_request_line(json.dumps({"custom_id": "c", "body": {"prompt": [5, 6]}}), 5)
-    assert r.prompt_token_ids == (5, 6)
+    assert list(r.prompt_token_ids) == [5, 6]
     r = parse_request_line(json.dumps({"body": {"prompt": ["only one"]}}), 6)
     assert r.prompt == "only one"
     assert parse_request_line("   \n", 7) is None
@@ -52,6 +52,9 @@ def test_reader_accepts_every_shape_and_keeps_params():
         ('{"prompt": "a", "messages": [{"role": "user", "content": "b"}]}', "more than one"),
         ('{"prompt_token_ids": [1, -2]}', "token ids must be"),
         ('{"prompt_token_ids": [1, true]}', "token ids must be"),
+        ('{"prompt_token_ids": [1, 2.5]}', "got 2.5"),
+        ('{"prompt_token_ids": [1, 2147483647]}', "token ids must be"),
+        ('{"prompt_token_ids": [1, 99999999999]}', "token ids must be"),
         ('{"prompt_token_ids": []}', "empty"),
         ('{"prompt": ["a", "b"]}', "one prompt per line"),
         ('{"messages": [{"content": "no role"}]}', "role"),
