@@ -14,6 +14,8 @@ from typing import Optional, Sequence
 
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "batchllm.entrypoints.analyze",
+    "batchllm.entrypoints.generate",
+    "batchllm.entrypoints.run_batch",
     # "batchllm.entrypoints.run_batch", "batchllm.entrypoints.bench", ... register new subcommands here.
 )
 

@@ -14,7 +14,7 @@ EXAMPLE_QUESTIONS = [
 ]
 
 
-def add_parser(subparsers) -> None:
+def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("generate", help="generate answers for prompts given on the command line")
     p.add_argument("prompts", nargs="*", help="prompts (default: three example questions)")
     p.add_argument("--model", default=None, help="HF model folder or .gguf file (default: the packaged SmolLM2 demo)")
@@ -26,6 +26,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
     p.set_defaults(run=run)
+    return p
 
 
 def run(args: argparse.Namespace) -> int:
