@@ -113,7 +113,6 @@ def first_level_grouping(
     max_table_cells: int = DEFAULT_MAX_TABLE_CELLS,
 ) -> Grouping:
     """The grouping maximising saved prefill tokens, each prompt in at most one group (see module docstring)."""
-    n = len(tree.prompt_node)
     marked = openable_nodes(tree, shared_len, min_shared_len)
     cparent, level, prompt_deepest = _contract(tree, marked)
     exact = True
@@ -159,8 +158,8 @@ def first_level_grouping(
         phi = np.maximum(psi[:, None], unopened)
         child_phi = (phi, local_index[cparent[nodes]] if d > 1 else np.zeros(len(nodes), dtype=np.int64))
         if d == 1:
+            # Column 0 is "no open ancestor": prompts left there stay ungrouped and add nothing.
             root_value = int(phi[:, 0].sum())
-    root_value += 0  # prompts directly under the root stay ungrouped (shared length 0)
 
     # Top-down: the open ancestor column of each node decides whether it opens.
     group_of_node = np.zeros(tree.num_nodes, dtype=np.int64)  # 0 = root = ungrouped
@@ -169,8 +168,9 @@ def first_level_grouping(
     for d in range(1, depth_max + 1):
         nodes = nodes_by_level[d]
         parents = np.maximum(cparent[nodes], 0)
-        col = column[parents] if d > 1 else np.zeros(len(nodes), dtype=np.int64)
-        if d > 1:
+        if d == 1:
+            col = np.zeros(len(nodes), dtype=np.int64)
+        else:  # the parent's own column is d - 1
             col = np.where(is_open[parents], d - 1, column[parents])
         opened = open_if[d][np.arange(len(nodes)), col]
         is_open[nodes] = opened
