@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "batchllm.entrypoints.analyze",
     "batchllm.entrypoints.generate",
     "batchllm.entrypoints.run_batch",
-    # "batchllm.entrypoints.run_batch", "batchllm.entrypoints.bench", ... register new subcommands here.
+    # register new subcommands here (modules with add_parser(subparsers) and run(args) -> int)
 )
 
 
