@@ -17,7 +17,8 @@ class PrefixGroup:
     group_id: index in ``PrefixAnalysis.groups``.
     shared_prefix_len: tokens of the prefix every member starts with (computed once for the group). 0 marks
         the single "ungrouped" group of requests that share nothing worth a prefix pass; it is always last.
-    member_ids: request indices (ascending, read-only) whose deepest group this is.
+    member_ids: request indices (ascending, read-only) whose deepest group this is (with multi-level sharing a
+        group may have none of its own: ``PrefixAnalysis.requests_using`` lists its whole subtree).
     parent_group_id: with multi-level sharing, the group whose prefix this one extends (its KV is reused
         for the first ``groups[parent].shared_prefix_len`` tokens); None for first-level groups.
     """
@@ -119,6 +120,17 @@ class PrefixAnalysis:
     @property
     def sharing_groups(self) -> tuple[PrefixGroup, ...]:
         return tuple(g for g in self.groups if not g.is_ungrouped)
+
+    def requests_using(self, group_id: int) -> np.ndarray:
+        """Requests whose prompt uses this group's prefix KV: its members and those of its descendant groups."""
+        parts = [self.groups[group_id].member_ids]
+        inside = {group_id}
+        for g in self.groups[group_id + 1 :]:
+            if g.parent_group_id not in inside:
+                break  # pre-order: a group's descendants follow it contiguously
+            inside.add(g.group_id)
+            parts.append(g.member_ids)
+        return np.sort(np.concatenate(parts))
 
     def saved_tokens_recount(self) -> int:
         """Saved tokens recounted from the groups alone (tests compare it with stats.saved_tokens)."""

@@ -39,6 +39,7 @@ def check_invariants(prompts, analysis, block_size, align_to_blocks, min_shared_
             assert s % block_size == 0
         # Subtree members (multi-level: requests of descendant groups also use this prefix).
         users = _subtree_members(analysis, g.group_id)
+        assert analysis.requests_using(g.group_id).tolist() == users
         assert len(users) >= 2
         head = prompts[users[0]][:s]
         for i in users:
