@@ -70,25 +70,67 @@ class CacheConfig:
 
 @dataclass(frozen=True)
 class SchedulerConfig:
-    """Per-iteration limits of the scheduler.
+    """Scheduling policy and per-iteration limits; every BatchLLM feature can be switched on its own.
 
-    max_num_batched_tokens: token budget of one iteration (decodes + prefill chunks).
-    max_num_seqs: cap on running requests (the vLLM-style count cap; None = no cap).
+    max_num_batched_tokens: token budget of one iteration (all running decodes + prefill chunks).
+    max_num_seqs: cap on running requests; only used by token_batching="count" (None = no cap).
     enable_chunked_prefill: split long prefills across iterations to fit the token budget.
+    prefix_clustering: analyse the whole batch into prefix groups; each shared prefix is prefilled once
+        and its KV blocks are shared by reference with the group's members.
+    multi_level: let a group's prefix extend a parent group's prefix (every level's KV stored once).
+    min_shared_len: shortest shared prefix worth a prefix pass (None: one KV block).
+    decode_first: order groups and members by expected decode length / prefill length, largest first
+        (False: first-come-first-served).
+    token_batching: "memory" admits requests while the KV they will need (prompt + expected output,
+        shared blocks once) fits memory_threshold of the pool, with no request cap; "count" admits while
+        blocks are free now and fewer than max_num_seqs run (vLLM-style).
+    prefix_caching: automatic prefix caching of full KV blocks with LRU eviction (vLLM-style).
+    preemption_mode: "auto" picks swap to host memory or recompute by estimated cost; or force one.
+    swap_space_bytes: pinned host memory for swapped-out KV blocks.
     """
 
     max_num_batched_tokens: int = 8192
     max_num_seqs: Optional[int] = 256
     enable_chunked_prefill: bool = True
-    policy: Literal["fcfs"] = "fcfs"
+    prefix_clustering: bool = True
+    multi_level: bool = False
+    min_shared_len: Optional[int] = None
+    decode_first: bool = True
+    token_batching: Literal["memory", "count"] = "memory"
+    memory_threshold: float = 1.0
+    prefix_caching: bool = False
+    preemption_mode: Literal["auto", "recompute", "swap"] = "auto"
+    swap_space_bytes: int = 4 << 30
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < 1:
             raise ValueError(f"max_num_batched_tokens={self.max_num_batched_tokens} must be at least 1")
         if self.max_num_seqs is not None and self.max_num_seqs < 1:
             raise ValueError(f"max_num_seqs={self.max_num_seqs} must be at least 1 (or None for no cap)")
-        if self.policy not in ("fcfs",):
-            raise ValueError(f"scheduler policy={self.policy!r} is unknown; use 'fcfs'")
+        if self.token_batching not in ("memory", "count"):
+            raise ValueError(f"token_batching={self.token_batching!r} is unknown; use 'memory' or 'count'")
+        if not 0.0 < self.memory_threshold <= 1.0:
+            raise ValueError(f"memory_threshold={self.memory_threshold} must be in (0, 1]")
+        if self.preemption_mode not in ("auto", "recompute", "swap"):
+            raise ValueError(f"preemption_mode={self.preemption_mode!r} is unknown; use 'auto', 'recompute' or 'swap'")
+        if self.swap_space_bytes < 0:
+            raise ValueError(f"swap_space_bytes={self.swap_space_bytes} must be >= 0")
+        if self.min_shared_len is not None and self.min_shared_len < 1:
+            raise ValueError(f"min_shared_len={self.min_shared_len} must be >= 1 (or None: one KV block)")
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "SchedulerConfig":
+        """'batchllm': every feature on. 'vllm-like': FCFS, LRU prefix cache, count caps (the baseline)."""
+        presets = {
+            "batchllm": dict(prefix_clustering=True, decode_first=True, token_batching="memory", prefix_caching=False),
+            "vllm-like": dict(prefix_clustering=False, decode_first=False, token_batching="count", prefix_caching=True),
+        }
+        if name not in presets:
+            raise ValueError(f"scheduling={name!r} is unknown; use one of {sorted(presets)}")
+        unknown = sorted(set(overrides) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown scheduler option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**{**presets[name], **overrides})
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,16 @@ class LLM:
         enable_chunked_prefill: bool = True,
         attention_backend: str = "auto",
         skip_tokenizer_init: bool = False,
+        scheduling: str = "batchllm",
+        **scheduler_options: Any,
     ) -> None:
+        """Load the model and size the KV cache.
+
+        scheduling: "batchllm" (prefix groups, decode-first order, memory-centric batching) or
+        "vllm-like" (FCFS, LRU prefix caching, max_num_seqs cap); scheduler_options override single
+        SchedulerConfig fields (prefix_clustering, decode_first, token_batching, prefix_caching,
+        multi_level, min_shared_len, memory_threshold, preemption_mode, swap_space_bytes).
+        """
         arch = load_arch_config(model)
         torch_device = resolve_device(device)
         limit = arch.max_position_embeddings
@@ -62,7 +71,13 @@ class LLM:
             load_format=load_format,
             seed=seed,
             cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks),
-            scheduler=SchedulerConfig(max_num_batched_tokens, max_num_seqs, enable_chunked_prefill),
+            scheduler=SchedulerConfig.preset(
+                scheduling,
+                max_num_batched_tokens=max_num_batched_tokens,
+                max_num_seqs=max_num_seqs,
+                enable_chunked_prefill=enable_chunked_prefill,
+                **scheduler_options,
+            ),
         )
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(tokenizer or model)
         if attention_backend == "auto":
@@ -152,7 +167,8 @@ class LLM:
         for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
             request_id = str(self._next_request)
             self._next_request += 1
-            requests.append(self.engine.add_request(request_id, text, ids, params, index))
+            requests.append(self.engine.make_request(request_id, text, ids, params, index))
+        self.engine.add_requests(requests)
         while self.engine.has_unfinished():
             for request in self.engine.step():
                 yield request.arrival_index, self.engine.make_output(request)

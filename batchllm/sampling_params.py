@@ -30,6 +30,7 @@ class SamplingParams:
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
     priority: int = 0
+    decode_length_hint: Optional[int] = None
     _stop_strings: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,4 +80,8 @@ class SamplingParams:
             errors.append(f"stop_token_ids: {bad} are outside the vocabulary [0, {vocab_size})")
         if not isinstance(self.priority, int):
             errors.append(f"priority: {self.priority!r} must be an int")
+        if self.decode_length_hint is not None and (
+            not isinstance(self.decode_length_hint, int) or self.decode_length_hint < 1
+        ):
+            errors.append(f"decode_length_hint: {self.decode_length_hint!r} must be an int >= 1")
         return errors

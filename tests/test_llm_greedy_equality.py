@@ -22,15 +22,22 @@ def test_greedy_equals_transformers(family, tiny_models):
     got = [o.outputs[0].token_ids for o in roomy.generate(batch, params, use_tqdm=False)]
     assert got == expected
 
-    # 40 blocks of 4 tokens: far less than the batch needs, so requests are preempted and recomputed;
-    # a 24-token budget splits long prompts into prefill chunks mixed with decodes.
-    tight = LLM(path, device="cpu", skip_tokenizer_init=True, block_size=4, num_kv_blocks=40,
-                max_num_batched_tokens=24, max_model_len=160)
-    outputs = tight.generate(batch, params, use_tqdm=False)
-    assert [o.outputs[0].token_ids for o in outputs] == expected
-    assert tight.engine.scheduler.num_preemptions > 0
-    assert any(o.metrics.num_preemptions > 0 for o in outputs)
-    assert tight.engine.pool.num_free == 40  # every block came back
+    # 40 blocks of 4 tokens: far less than the batch needs, so requests are preempted; a 24-token budget
+    # splits long prompts into prefill chunks mixed with decodes. Under-estimated decode lengths make the
+    # memory-centric scheduler over-admit, so it must preempt too (swap here, recompute in the baseline).
+    tight = dict(device="cpu", skip_tokenizer_init=True, block_size=4, num_kv_blocks=40, max_num_batched_tokens=24,
+                 max_model_len=160)
+    runs = [
+        (LLM(path, scheduling="vllm-like", **tight), params),
+        (LLM(path, scheduling="batchllm", preemption_mode="swap", **tight),
+         SamplingParams(temperature=0.0, max_tokens=MAX_NEW, decode_length_hint=1)),
+    ]
+    for llm, run_params in runs:
+        outputs = llm.generate(batch, run_params, use_tqdm=False)
+        assert [o.outputs[0].token_ids for o in outputs] == expected
+        assert llm.engine.scheduler.counters.preemptions > 0
+        assert any(o.metrics.num_preemptions > 0 for o in outputs)
+        assert llm.engine.pool.num_used == 0  # every block came back (cached ones are evictable)
 
 
 def test_sharded_safetensors_load(tmp_path):

@@ -10,13 +10,14 @@ from transformers import PreTrainedTokenizerBase
 from batchllm.config import EngineConfig
 from batchllm.engine.request import Request, RequestStatus
 from batchllm.engine.stop_checker import StopChecker
+from batchllm.engine.trace import IterationTrace
 from batchllm.kv_cache.block_pool import BlockPool
 from batchllm.model.arch_config import ArchConfig
 from batchllm.outputs import CompletionOutput, RequestOutput
 from batchllm.runner.model_runner import ModelRunner
 from batchllm.sampling_params import SamplingParams
-from batchllm.scheduler.fcfs import FCFSScheduler
 from batchllm.scheduler.interface import Scheduler
+from batchllm.scheduler.scheduler import BatchScheduler
 
 
 class LLMEngine:
@@ -35,19 +36,25 @@ class LLMEngine:
             eos.append(tokenizer.eos_token_id)
         self.eos_token_ids = eos
         self.runner = ModelRunner(config, arch, eos, attention_backend)
-        self.pool = BlockPool(self.runner.num_blocks)
-        self.scheduler: Scheduler = FCFSScheduler(config.scheduler, self.pool, config.cache.block_size)
+        self.pool = BlockPool(self.runner.num_blocks, enable_caching=config.scheduler.prefix_caching)
+        host_pool = BlockPool(self.runner.num_host_blocks) if self.runner.num_host_blocks else None
+        self.scheduler: Scheduler = BatchScheduler(
+            config.scheduler, self.pool, config.cache.block_size, host_pool, self.runner.preemption_costs()
+        )
         self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
         self.num_iterations = 0
+        self.trace = IterationTrace()
 
-    def add_request(
+    def make_request(
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
     ) -> Request:
         room = self.config.max_model_len - len(prompt_token_ids)
         max_output = room if params.max_tokens is None else min(params.max_tokens, room)
-        request = Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
-        self.scheduler.add_request(request)
-        return request
+        return Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
+
+    def add_requests(self, requests: list[Request]) -> None:
+        """Queue a whole batch; the scheduler analyses its prefixes and orders it globally."""
+        self.scheduler.add_requests(requests)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -63,10 +70,24 @@ class LLMEngine:
         for chunk in plan.chunks:
             if chunk.request.metrics.first_scheduled_time is None:
                 chunk.request.metrics.first_scheduled_time = now
-        sampled_chunks, tokens, logprobs = self.runner.execute(plan.chunks)
+        sampled_chunks, tokens, logprobs = self.runner.execute(plan)
         self.num_iterations += 1
+        decode_tokens = 0
         for chunk in plan.chunks:
-            chunk.request.num_computed_tokens += chunk.num_new_tokens
+            request = chunk.request
+            if request.num_computed_tokens >= request.num_prompt_tokens:
+                decode_tokens += chunk.num_new_tokens
+            request.num_computed_tokens += chunk.num_new_tokens
+        self.scheduler.on_step_done(plan)
+        self.trace.record(
+            batch_tokens=plan.num_tokens,
+            prefill_tokens=plan.num_tokens - decode_tokens,
+            decode_tokens=decode_tokens,
+            running=len(plan.chunks),
+            kv_blocks_used=self.pool.num_used,
+            kv_blocks_shared=self.pool.num_shared,
+            preemptions=len(plan.preempted),
+        )
         finished = []
         now = time.monotonic()
         for i, (chunk, token) in enumerate(zip(sampled_chunks, tokens)):

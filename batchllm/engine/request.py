@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 import time
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import torch
 
 from batchllm.outputs import RequestMetrics
 from batchllm.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from batchllm.scheduler.prefix_groups import SharedPrefix
 
 
 class RequestStatus(enum.Enum):
@@ -46,6 +49,26 @@ class Request:
         self.metrics = RequestMetrics(arrival_time=time.monotonic())
         # Created by the sampler on the logits' device at the first draw (seeded requests only).
         self.generator: Optional[torch.Generator] = None
+        # --- scheduling state (owned by the scheduler) ---
+        self.priority = params.priority  # lower value runs first (vLLM convention)
+        # Set on internal requests that only compute a group's shared prefix KV (they never decode).
+        self.computes_prefix_of: Optional["SharedPrefix"] = None
+        self.group: Optional["SharedPrefix"] = None  # the prefix group whose KV this request starts from
+        self.num_shared_blocks = 0  # leading block_ids borrowed from `group` (not this request's own)
+        self.rank: tuple = (self.priority, arrival_index)  # queue position: smaller runs earlier
+        self.reserved_blocks = 0  # KV blocks counted for this request by memory-centric admission
+        self.block_hashes: list = []  # prefix-caching hash chain of its full blocks
+        self.swapped_blocks: Optional[list[int]] = None  # host blocks holding its private KV while swapped out
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.computes_prefix_of is not None
+
+    @property
+    def expected_output_tokens(self) -> int:
+        """Decode length the scheduler plans for: the user's hint, else max_tokens."""
+        hint = self.params.decode_length_hint
+        return self.max_output_tokens if hint is None else min(hint, self.max_output_tokens)
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -32,3 +32,15 @@ def allocate_kv_cache(
         (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         for _ in range(arch.num_layers)
     ]
+
+
+def allocate_host_kv_cache(
+    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Host-side blocks for swapped-out KV: pinned when the cache is on a GPU (fast async copies back)."""
+    shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
+    pin = device.type == "cuda"
+    return [
+        (torch.empty(shape, dtype=dtype, pin_memory=pin), torch.empty(shape, dtype=dtype, pin_memory=pin))
+        for _ in range(arch.num_layers)
+    ]

@@ -12,6 +12,7 @@ from batchllm.attention.metadata import AttentionMetadata
 from batchllm.config import EngineConfig
 from batchllm.kv_cache.block_table import kv_blocks_needed
 from batchllm.kv_cache.cache_tensors import (
+    allocate_host_kv_cache,
     allocate_kv_cache,
     gpu_kv_budget_bytes,
     kv_bytes_per_block,
@@ -21,7 +22,8 @@ from batchllm.model.arch_config import ArchConfig
 from batchllm.model.loader import load_model
 from batchllm.runner.input_batch import prepare_inputs
 from batchllm.runner.sampler import Sampler
-from batchllm.scheduler.interface import ScheduledChunk
+from batchllm.scheduler.interface import ScheduledChunk, SchedulerOutput
+from batchllm.scheduler.preemption import PreemptionCosts
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,35 @@ class ModelRunner:
         self.sampler = Sampler(eos_token_ids, config.seed, config.device)
         self.num_blocks = self._decide_num_blocks()
         self.kv_caches = allocate_kv_cache(arch, self.num_blocks, self.block_size, config.dtype, self.device)
+        block_bytes = kv_bytes_per_block(arch, self.block_size, config.dtype)
+        self.num_host_blocks = config.scheduler.swap_space_bytes // block_bytes
+        self.host_kv_caches = (
+            allocate_host_kv_cache(arch, self.num_host_blocks, self.block_size, config.dtype, self.device)
+            if self.num_host_blocks
+            else []
+        )
+
+    def preemption_costs(self) -> PreemptionCosts:
+        on_gpu = self.device.type == "cuda"
+        return PreemptionCosts(
+            flops_per_token=2.0 * self.arch.num_params(),
+            compute_flops_per_s=4e14 if on_gpu else 1e11,
+            block_bytes=kv_bytes_per_block(self.arch, self.block_size, self.config.dtype),
+            host_bytes_per_s=2.5e10 if on_gpu else 1e10,
+        )
+
+    def _copy_blocks(self, pairs: list[tuple[int, int]], to_host: bool) -> None:
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs])
+        dst = torch.tensor([p[1] for p in pairs])
+        for (k, v), (host_k, host_v) in zip(self.kv_caches, self.host_kv_caches):
+            if to_host:
+                host_k[dst] = k[src.to(self.device)].to("cpu", non_blocking=False)
+                host_v[dst] = v[src.to(self.device)].to("cpu", non_blocking=False)
+            else:
+                k[dst.to(self.device)] = host_k[src].to(self.device, non_blocking=True)
+                v[dst.to(self.device)] = host_v[src].to(self.device, non_blocking=True)
 
     def _decide_num_blocks(self) -> int:
         cache = self.config.cache
@@ -96,9 +127,11 @@ class ModelRunner:
         del caches
 
     @torch.inference_mode()
-    def execute(self, chunks: list[ScheduledChunk]) -> tuple[list[ScheduledChunk], list[int], Optional[list[float]]]:
-        """Run the chunks; return the chunks that produced a token, their tokens and (if asked) logprobs."""
-        inputs = prepare_inputs(chunks, self.block_size, self.device)
+    def execute(self, plan: SchedulerOutput) -> tuple[list[ScheduledChunk], list[int], Optional[list[float]]]:
+        """Swap blocks, run the chunks; return the chunks that produced a token, their tokens and logprobs."""
+        self._copy_blocks(plan.swap_out, to_host=True)
+        self._copy_blocks(plan.swap_in, to_host=False)
+        inputs = prepare_inputs(plan.chunks, self.block_size, self.device)
         logits = self.model(
             inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
         )

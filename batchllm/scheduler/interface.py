@@ -17,14 +17,17 @@ class ScheduledChunk:
 
     @property
     def completes_sequence(self) -> bool:
-        """True when this chunk reaches the last known token, so the iteration samples a next token."""
-        return self.request.num_computed_tokens + self.num_new_tokens == self.request.num_tokens
+        """True when this chunk reaches the last known token of a decoding request: a next token is sampled."""
+        request = self.request
+        return request.num_computed_tokens + self.num_new_tokens == request.num_tokens and not request.is_prefix
 
 
 @dataclass
 class SchedulerOutput:
     chunks: list[ScheduledChunk] = field(default_factory=list)
     preempted: list[Request] = field(default_factory=list)
+    swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device block, host block), before the forward
+    swap_in: list[tuple[int, int]] = field(default_factory=list)  # (host block, device block), after swap_out
 
     @property
     def num_tokens(self) -> int:
@@ -32,10 +35,16 @@ class SchedulerOutput:
 
 
 class Scheduler(Protocol):
-    def add_request(self, request: Request) -> None: ...
+    def add_requests(self, requests: list[Request]) -> None:
+        """Queue a batch (analysed and ordered as a whole)."""
+        ...
 
     def schedule(self) -> SchedulerOutput:
         """Pick this iteration's work; allocates the KV blocks it needs (preempting if it must)."""
+        ...
+
+    def on_step_done(self, out: SchedulerOutput) -> None:
+        """Bookkeeping after the iteration ran (prefixes computed, blocks cached, host blocks freed)."""
         ...
 
     def finish_request(self, request: Request) -> None:

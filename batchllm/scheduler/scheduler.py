@@ -1,0 +1,386 @@
+"""The scheduler: which requests run this iteration, with how many tokens, in which KV blocks.
+
+One loop serves every policy (see SchedulerConfig): BatchLLM's prefix groups, decode-first order and
+memory-centric admission, or the vLLM-like baseline (FCFS, LRU prefix cache, count caps).
+
+Each iteration: (1) requests of better priority waiting for memory preempt worse running ones;
+(2) every running decode gets its token, then running prefills continue in rank order, all within the
+token budget; a request that needs a block when none is free preempts the worst-ranked running request
+(swap to host or recompute); (3) waiting requests are admitted in rank order while the admission rule
+allows. Members of a prefix group wait until the group's prefix KV exists, then start from it.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+from batchllm.config import SchedulerConfig
+from batchllm.engine.request import Request, RequestStatus
+from batchllm.kv_cache.block_pool import BlockPool
+from batchllm.kv_cache.block_table import kv_blocks_needed
+from batchllm.kv_cache.prefix_hash import extend_block_hashes
+from batchllm.scheduler.interface import ScheduledChunk, SchedulerOutput
+from batchllm.scheduler.ordering import order_requests
+from batchllm.scheduler.preemption import PreemptionCosts
+from batchllm.scheduler.prefix_groups import SharedPrefix, build_prefix_groups
+
+
+@dataclass
+class SchedulerCounters:
+    preemptions: int = 0
+    swaps: int = 0
+    recomputes: int = 0
+    prefix_groups: int = 0
+    cache_hit_tokens: int = 0
+
+
+class BatchScheduler:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        pool: BlockPool,
+        block_size: int,
+        host_pool: Optional[BlockPool] = None,
+        costs: Optional[PreemptionCosts] = None,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.block_size = block_size
+        self.host_pool = host_pool
+        self.costs = costs or PreemptionCosts()
+        self._waiting: dict[int, deque[Request]] = {}  # priority -> queue in rank order
+        self._parked: dict[int, list[Request]] = {}  # id(group) -> members waiting for its prefix
+        self.running: list[Request] = []  # sorted by rank
+        self.reserved_blocks = 0
+        self._attached_once: set[int] = set()
+        self._pending_host_release: list[int] = []
+        self._next_rank = 0
+        self._next_group_id = 0
+        self.counters = SchedulerCounters()
+
+    # ---- queue -------------------------------------------------------------------------------
+    @property
+    def num_waiting(self) -> int:
+        return sum(len(q) for q in self._waiting.values()) + sum(len(p) for p in self._parked.values())
+
+    def has_unfinished(self) -> bool:
+        return bool(self.running) or self.num_waiting > 0
+
+    def add_request(self, request: Request) -> None:
+        self.add_requests([request])
+
+    def add_requests(self, requests: Sequence[Request]) -> None:
+        """Queue a batch: cluster it into prefix groups (if on) and order it once, globally."""
+        groups: list[SharedPrefix] = []
+        if self.config.prefix_clustering and len(requests) > 1:
+            groups = build_prefix_groups(
+                requests, self.block_size, self.config.min_shared_len, self.config.multi_level, self._next_group_id
+            )
+            self._next_group_id += len(groups)
+            self.counters.prefix_groups += len(groups)
+        for group in groups:  # a prefix runs as early as its most urgent member
+            group.prefix_request.priority = min(m.priority for m in group.members)
+        for request in order_requests(requests, groups, self.config.decode_first):
+            request.rank = (request.priority, self._next_rank)
+            self._next_rank += 1
+            self._enqueue(request)
+
+    def _enqueue(self, request: Request, front: bool = False) -> None:
+        queue = self._waiting.setdefault(request.priority, deque())
+        queue.appendleft(request) if front else queue.append(request)
+
+    def _waiting_in_order(self):
+        """Yield (queue, request) at the head of each priority, best priority first, until consumed."""
+        for priority in sorted(self._waiting):
+            queue = self._waiting[priority]
+            while queue:
+                yield queue, queue[0]
+
+    # ---- block accounting --------------------------------------------------------------------
+    def _reserve_for(self, request: Request) -> int:
+        """KV blocks a request will hold at most (prompt + expected output), not counting borrowed ones."""
+        if request.is_prefix:
+            total = request.num_prompt_tokens
+        else:
+            total = request.num_prompt_tokens + request.expected_output_tokens
+        return max(0, kv_blocks_needed(total, self.block_size) - request.num_shared_blocks)
+
+    def _unreserve(self, request: Request) -> None:
+        self.reserved_blocks -= request.reserved_blocks
+        request.reserved_blocks = 0
+
+    def _release_request_blocks(self, request: Request) -> None:
+        """Drop everything a request holds: own blocks, borrowed blocks, its hold on the group."""
+        self.pool.release(request.block_ids[::-1])
+        request.block_ids = []
+        if request.num_shared_blocks:
+            request.num_shared_blocks = 0
+            self._drop_group_holder(request.group)
+        self._unreserve(request)
+
+    def _drop_group_holder(self, group: SharedPrefix) -> None:
+        group.holders -= 1
+        if group.holders == 0:
+            # Last holder gone: the prefix KV is freed (its blocks were released by the holders).
+            group.blocks = None
+            group.dead = True
+            self.reserved_blocks -= group.reserved_blocks
+            group.reserved_blocks = 0
+            parent = group.prefix_request.group
+            if parent is not None:
+                self._drop_group_holder(parent)
+
+    def _attach_to_group(self, request: Request) -> None:
+        group = request.group
+        self.pool.share(group.blocks)
+        request.block_ids = list(group.blocks)
+        request.num_shared_blocks = len(group.blocks)
+        request.num_computed_tokens = group.prefix_len
+        group.holders += 1
+        if id(request) not in self._attached_once:
+            self._attached_once.add(id(request))
+            group.unattached_members -= 1
+            if group.unattached_members == 0:  # every member holds the blocks now: drop the group's own hold
+                self.pool.release(group.blocks[::-1])
+                self._drop_group_holder(group)
+
+    # ---- preemption --------------------------------------------------------------------------
+    def _preempt(self, request: Request, out: SchedulerOutput) -> None:
+        self.running.remove(request)
+        self.counters.preemptions += 1
+        request.metrics.num_preemptions += 1
+        private = request.block_ids[request.num_shared_blocks :]
+        if self._should_swap(request, len(private)):
+            host_blocks = self.host_pool.allocate(len(private))
+            out.swap_out.extend(zip(private, host_blocks))
+            self.pool.release(private[::-1])
+            request.block_ids = request.block_ids[: request.num_shared_blocks]
+            request.swapped_blocks = host_blocks
+            self._unreserve(request)
+            self.counters.swaps += 1
+        else:
+            self._release_request_blocks(request)
+            request.num_computed_tokens = 0
+            self.counters.recomputes += 1
+        request.status = RequestStatus.WAITING
+        out.preempted.append(request)
+        self._enqueue(request, front=True)
+
+    def _should_swap(self, request: Request, num_private_blocks: int) -> bool:
+        mode = self.config.preemption_mode
+        if mode == "recompute" or self.host_pool is None or num_private_blocks == 0:
+            return False
+        if num_private_blocks > self.host_pool.num_free:
+            return False
+        if mode == "swap":
+            return True
+        recompute = self.costs.recompute_seconds(request.num_computed_tokens - request.num_shared_blocks * self.block_size)
+        return self.costs.swap_seconds(num_private_blocks) < recompute
+
+    def _worst_running(self, exclude: set[int]) -> Optional[Request]:
+        for request in reversed(self.running):
+            if id(request) not in exclude:
+                return request
+        return None
+
+    # ---- scheduling --------------------------------------------------------------------------
+    def _chunk_size(self, request: Request, start: int, budget: int) -> int:
+        remaining = request.num_tokens - start
+        if remaining <= budget:
+            return remaining
+        return budget if self.config.enable_chunked_prefill else 0
+
+    def _grow(self, request: Request, num_new: int, out: SchedulerOutput, scheduled: set[int]) -> bool:
+        """Allocate blocks for the next chunk, preempting worse-ranked requests; False if `request` itself went."""
+        need = kv_blocks_needed(request.num_computed_tokens + num_new, self.block_size) - len(request.block_ids)
+        while need > self.pool.num_free:
+            victim = self._worst_running(scheduled | {id(request)})
+            if victim is None or victim.rank < request.rank:
+                self._preempt(request, out)
+                return False
+            self._preempt(victim, out)
+        if need > 0:
+            request.block_ids.extend(self.pool.allocate(need))
+        return True
+
+    def _priority_preemption(self, out: SchedulerOutput) -> None:
+        """A waiting request of better priority than running ones takes their memory if it must."""
+        if not self._waiting or not self.running:
+            return
+        best = min((p for p, q in self._waiting.items() if q), default=None)
+        if best is None:
+            return
+        head = self._waiting[best][0]
+        while self.running and self.running[-1].priority > head.priority and not self._fits(head):
+            self._preempt(self.running[-1], out)
+
+    def _fits(self, request: Request) -> bool:
+        need = kv_blocks_needed(min(request.num_tokens, request.num_computed_tokens + self.config.max_num_batched_tokens),
+                                self.block_size)
+        if self.config.token_batching == "memory":
+            limit = self.config.memory_threshold * self.pool.num_blocks
+            return self.reserved_blocks + self._reserve_for(request) <= limit and need <= self.pool.num_free
+        return need <= self.pool.num_free
+
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        self._priority_preemption(out)
+        priority_preemptions = len(out.preempted)
+        scheduled: set[int] = set()
+
+        decodes = [r for r in self.running if r.num_computed_tokens == r.num_tokens - 1]
+        prefills = [r for r in self.running if r.num_computed_tokens < r.num_tokens - 1]
+        for request in decodes + prefills:
+            if budget == 0:
+                break
+            if request.status != RequestStatus.RUNNING:
+                continue  # preempted earlier in this loop
+            num_new = self._chunk_size(request, request.num_computed_tokens, budget)
+            if num_new == 0 or not self._grow(request, num_new, out, scheduled):
+                continue
+            scheduled.add(id(request))
+            out.chunks.append(ScheduledChunk(request, num_new))
+            budget -= num_new
+
+        if len(out.preempted) > priority_preemptions:
+            return out  # memory is short already: admit nothing new this iteration
+        self._admit(out, budget)
+        return out
+
+    def _admit(self, out: SchedulerOutput, budget: int) -> None:
+        memory_mode = self.config.token_batching == "memory"
+        limit = self.config.memory_threshold * self.pool.num_blocks
+        max_seqs = None if memory_mode else self.config.max_num_seqs
+        for queue, request in self._waiting_in_order():
+            if budget == 0 or (max_seqs is not None and len(self.running) >= max_seqs):
+                return
+            group = request.group
+            if group is not None and request.num_shared_blocks == 0 and request.swapped_blocks is None:
+                if group.dead:
+                    request.group = None  # its prefix KV is gone: compute the whole prompt itself
+                elif not group.ready:
+                    self._parked.setdefault(id(group), []).append(queue.popleft())
+                    continue
+            admitted = self._try_admit(request, budget, limit if memory_mode else None, out)
+            if admitted is None:
+                if self.running or out.chunks:
+                    return  # head of line waits for memory
+                raise RuntimeError(f"request {request.request_id} cannot fit an empty KV cache (a bug: please report)")
+            queue.popleft()
+            budget -= admitted
+
+    def _try_admit(self, request: Request, budget: int, limit: Optional[float], out: SchedulerOutput) -> Optional[int]:
+        """Admit `request` if memory allows; returns the tokens scheduled for it (None: not admitted)."""
+        if request.swapped_blocks is not None:
+            return self._try_swap_in(request, budget, limit, out)
+        borrowed: list[int] = []
+        cached: list[int] = []
+        if request.group is not None and request.group.ready:
+            borrowed = request.group.blocks
+        elif self.pool.enable_caching and request.num_computed_tokens == 0:
+            extend_block_hashes(request, self.block_size, (request.num_tokens - 1) // self.block_size)
+            cached = self.pool.cached_prefix(request.block_hashes[: (request.num_tokens - 1) // self.block_size])
+        start = max(len(borrowed), len(cached)) * self.block_size if (borrowed or cached) else request.num_computed_tokens
+        if borrowed:
+            start = request.group.prefix_len
+        num_new = self._chunk_size(request, start, budget)
+        if num_new == 0:
+            return None
+        reused = borrowed or cached
+        need = kv_blocks_needed(start + num_new, self.block_size) - len(reused)
+        revived = sum(1 for b in cached if self.pool.ref_count(b) == 0)  # evictable blocks we are about to take
+        if need > self.pool.num_free - revived:
+            return None
+        if limit is not None:
+            request.num_shared_blocks = len(borrowed)  # for _reserve_for
+            reserve = self._reserve_for(request)
+            request.num_shared_blocks = 0
+            if self.reserved_blocks + reserve > limit and (self.running or out.chunks):
+                return None
+        if borrowed:
+            self._attach_to_group(request)
+        elif cached:
+            self.pool.acquire_cached(cached)
+            request.block_ids = list(cached)
+            request.num_computed_tokens = start
+            self.counters.cache_hit_tokens += start
+        request.block_ids.extend(self.pool.allocate(need))
+        if limit is not None:
+            request.reserved_blocks = self._reserve_for(request)
+            self.reserved_blocks += request.reserved_blocks
+        self._start_running(request)
+        out.chunks.append(ScheduledChunk(request, num_new))
+        return num_new
+
+    def _try_swap_in(self, request: Request, budget: int, limit: Optional[float], out: SchedulerOutput) -> Optional[int]:
+        host_blocks = request.swapped_blocks
+        num_new = self._chunk_size(request, request.num_computed_tokens, budget)
+        if num_new == 0:
+            return None
+        grow = kv_blocks_needed(request.num_computed_tokens + num_new, self.block_size) - (
+            request.num_shared_blocks + len(host_blocks)
+        )
+        if len(host_blocks) + max(0, grow) > self.pool.num_free:
+            return None
+        if limit is not None and self.reserved_blocks + self._reserve_for(request) > limit and (self.running or out.chunks):
+            return None
+        device_blocks = self.pool.allocate(len(host_blocks))
+        out.swap_in.extend(zip(host_blocks, device_blocks))
+        self._pending_host_release.extend(host_blocks)  # freed after the copy has run
+        request.block_ids.extend(device_blocks)
+        request.block_ids.extend(self.pool.allocate(max(0, grow)))
+        request.swapped_blocks = None
+        if limit is not None:
+            request.reserved_blocks = self._reserve_for(request)
+            self.reserved_blocks += request.reserved_blocks
+        self._start_running(request)
+        out.chunks.append(ScheduledChunk(request, num_new))
+        return num_new
+
+    def _start_running(self, request: Request) -> None:
+        request.status = RequestStatus.RUNNING
+        bisect.insort(self.running, request, key=lambda r: r.rank)
+
+    # ---- after the model ran -----------------------------------------------------------------
+    def on_step_done(self, out: SchedulerOutput) -> None:
+        """Called after the iteration ran and num_computed_tokens advanced."""
+        if self._pending_host_release:
+            self.host_pool.release(self._pending_host_release)
+            self._pending_host_release = []
+        for chunk in out.chunks:
+            request = chunk.request
+            if self.pool.enable_caching:
+                full = request.num_computed_tokens // self.block_size
+                extend_block_hashes(request, self.block_size, full)
+                for i in range(full):
+                    self.pool.cache_block(request.block_ids[i], request.block_hashes[i])
+            if request.is_prefix and request.num_computed_tokens == request.num_tokens:
+                self._prefix_computed(request)
+
+    def _prefix_computed(self, prefix_request: Request) -> None:
+        group = prefix_request.computes_prefix_of
+        self.running.remove(prefix_request)
+        prefix_request.status = RequestStatus.FINISHED
+        # The prefix request's references become the group's own hold on the blocks.
+        group.blocks = list(prefix_request.block_ids)
+        group.holders += 1
+        group.reserved_blocks = prefix_request.reserved_blocks
+        prefix_request.reserved_blocks = 0
+        prefix_request.block_ids = []
+        if prefix_request.num_shared_blocks:
+            # Its hold on the parent group passes to this group (dropped when this group dies).
+            prefix_request.num_shared_blocks = 0
+        parked = self._parked.pop(id(group), [])
+        for member in reversed(parked):
+            self._enqueue(member, front=True)
+        if group.unattached_members == 0:
+            self.pool.release(group.blocks[::-1])
+            self._drop_group_holder(group)
+
+    def finish_request(self, request: Request) -> None:
+        self.running.remove(request)
+        self._release_request_blocks(request)
