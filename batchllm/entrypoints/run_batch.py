@@ -81,6 +81,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0,
                    help="job seed; a sampled request without 'seed' gets one derived from it and its custom_id")
     e.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (power of two)")
+    e.add_argument("--scheduling", choices=("batchllm", "vllm-like"), default="batchllm",
+                   help="batchllm: prefix groups, decode-first order, memory-centric batching (default); "
+                        "vllm-like: FCFS with an LRU prefix cache (the baseline)")
     return p
 
 
@@ -134,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
                 log(f"loading {model} ...")
                 llm = LLM(model, dtype=args.dtype, device=args.device, max_model_len=max_model_len, seed=args.seed,
                           block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
-                          max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs)
+                          max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                          scheduling=args.scheduling)
                 load_seconds = time.perf_counter() - t0
             except (ValueError, OSError) as err:
                 log(f"error: cannot load the model: {err}")
