@@ -89,6 +89,11 @@ class LLM:
     def get_tokenizer(self):
         return self.tokenizer
 
+    def save_trace(self, path: str, label: str = "") -> None:
+        """Write the per-iteration trace of every batch run so far (JSON; plot it with `batchllm report`)."""
+        self.engine.trace.label = label or self.engine.trace.label
+        self.engine.trace.save(path)
+
     def _to_token_ids(self, index: int, prompt: Any, errors: list[str]) -> tuple[Optional[str], list[int]]:
         if isinstance(prompt, dict):
             if "prompt_token_ids" in prompt:

@@ -16,6 +16,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "batchllm.entrypoints.analyze",
     "batchllm.entrypoints.generate",
     "batchllm.entrypoints.run_batch",
+    "batchllm.entrypoints.report",
     # register new subcommands here (modules with add_parser(subparsers) and run(args) -> int)
 )
 

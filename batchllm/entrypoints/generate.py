@@ -25,7 +25,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
-    p.set_defaults(run=run)
+    return p
     return p
 
 
