@@ -92,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
     if args.max_requests_per_pass < 0:
         log("error: --max-requests-per-pass must be >= 0")
         return 2
+    if args.default_max_tokens is not None and args.default_max_tokens < 1:
+        log("error: --default-max-tokens must be >= 1")
+        return 2
     if not os.path.isfile(args.input):
         log(f"error: input file {args.input!r} does not exist")
         return 2
@@ -156,6 +159,10 @@ def run(args: argparse.Namespace) -> int:
     except SystemExit as stop:
         if stop.code == 143:
             log(f"\nterminated: every finished request is in {args.output}; rerun the same command to resume")
+        raise
+    except Exception:
+        log(f"\nthe job stopped on an unexpected error (below); every finished request is in {args.output}, "
+            "and rerunning the same command resumes")
         raise
     finally:
         if previous is not None:

@@ -192,6 +192,13 @@ def test_chat_matches_llm_chat_and_resume_after_torn_line(tmp_path, text_model):
     resumed = _by_id(read_results(out))
     assert {k: _content(v) for k, v in resumed.items()} == {k: _content(v) for k, v in got.items()}
 
+    # The engine given a few requests at a time (whole prefix groups together): same answers.
+    passes = str(tmp_path / "passes.jsonl")
+    summary = run_batch_file(llm, inp, passes, progress=False, max_requests_per_pass=4)
+    assert summary.succeeded == 6
+    assert {k: _content(v) for k, v in _by_id(read_results(passes)).items()} == \
+        {k: _content(v) for k, v in got.items()}
+
 
 def test_dry_run_prints_analysis_and_plan_without_writing(tmp_path, text_model, capsys):
     lines = [_chat(f"q{i}", f"question {i}", max_tokens=4) for i in range(5)] + ["not json"]
