@@ -141,6 +141,7 @@ class EngineConfig:
     max_model_len: int
     load_format: Literal["auto", "dummy"] = "auto"
     seed: int = 0
+    enforce_eager: bool = False  # no CUDA graphs for decode iterations
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

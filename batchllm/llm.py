@@ -39,6 +39,7 @@ class LLM:
         enable_chunked_prefill: bool = True,
         attention_backend: str = "auto",
         skip_tokenizer_init: bool = False,
+        enforce_eager: bool = False,
         scheduling: str = "batchllm",
         **scheduler_options: Any,
     ) -> None:
@@ -70,6 +71,7 @@ class LLM:
             max_model_len=max_model_len,
             load_format=load_format,
             seed=seed,
+            enforce_eager=enforce_eager,
             cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks),
             scheduler=SchedulerConfig.preset(
                 scheduling,
@@ -81,7 +83,7 @@ class LLM:
         )
         self.tokenizer = None if skip_tokenizer_init else load_tokenizer(tokenizer or model)
         if attention_backend == "auto":
-            attention_backend = "reference"
+            attention_backend = "triton" if torch_device.type == "cuda" else "reference"
         self.engine = LLMEngine(self.config, arch, self.tokenizer, attention_backend)
         self.vocab_size = arch.vocab_size
         self._next_request = 0

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.shared_prefix_reference import build_shared_prefix_metadata
+from batchllm.runner.shared_segments import plan_segments
 from batchllm.scheduler.interface import ScheduledChunk
 
 
@@ -20,7 +22,10 @@ class ModelInputs:
     sampled_chunks: list[ScheduledChunk]  # chunks whose last token gets a next-token sample, in logits order
 
 
-def prepare_inputs(chunks: list[ScheduledChunk], block_size: int, device: torch.device) -> ModelInputs:
+def prepare_inputs(
+    chunks: list[ScheduledChunk], block_size: int, device: torch.device, shared_prefix: bool = False
+) -> ModelInputs:
+    """Flat inputs of one iteration; with shared_prefix, also the shared segments of the prefix groups in it."""
     num_seqs = len(chunks)
     q_lens = np.fromiter((c.num_new_tokens for c in chunks), dtype=np.int64, count=num_seqs)
     starts = np.fromiter((c.request.num_computed_tokens for c in chunks), dtype=np.int64, count=num_seqs)
@@ -58,6 +63,10 @@ def prepare_inputs(chunks: list[ScheduledChunk], block_size: int, device: torch.
         query_start_loc_cpu=query_start_loc.tolist(),
         seq_lens_cpu=seq_lens.tolist(),
     )
+    if shared_prefix:
+        segments, distinct_start = plan_segments(chunks, meta.query_start_loc_cpu, block_size)
+        if segments:
+            meta.shared = build_shared_prefix_metadata(segments, distinct_start, device)
     return ModelInputs(
         input_ids=to_dev(token_ids, torch.int64),
         positions=to_dev(positions, torch.int64),

@@ -20,8 +20,10 @@ from batchllm.kv_cache.cache_tensors import (
 )
 from batchllm.model.arch_config import ArchConfig
 from batchllm.model.loader import load_model
+from batchllm.runner.cuda_graphs import DecodeGraphs
 from batchllm.runner.input_batch import prepare_inputs
 from batchllm.runner.sampler import Sampler
+from batchllm.runner.shared_segments import order_for_sharing
 from batchllm.scheduler.interface import ScheduledChunk, SchedulerOutput
 from batchllm.scheduler.preemption import PreemptionCosts
 
@@ -40,7 +42,11 @@ class ModelRunner:
         self.backend = get_attention_backend(attention_backend)
         self.sampler = Sampler(eos_token_ids, config.seed, config.device)
         self.num_blocks = self._decide_num_blocks()
-        self.kv_caches = allocate_kv_cache(arch, self.num_blocks, self.block_size, config.dtype, self.device)
+        use_graphs = self.device.type == "cuda" and not config.enforce_eager and self.backend.name.startswith("triton")
+        # One extra block, never handed to requests, takes the writes of CUDA-graph padding rows.
+        self.kv_caches = allocate_kv_cache(
+            arch, self.num_blocks + int(use_graphs), self.block_size, config.dtype, self.device
+        )
         block_bytes = kv_bytes_per_block(arch, self.block_size, config.dtype)
         self.num_host_blocks = config.scheduler.swap_space_bytes // block_bytes
         self.host_kv_caches = (
@@ -48,6 +54,14 @@ class ModelRunner:
             if self.num_host_blocks
             else []
         )
+        self.decode_graphs: Optional[DecodeGraphs] = None
+        if use_graphs:
+            max_batch = config.scheduler.max_num_seqs if config.scheduler.token_batching == "count" else 1024
+            self.decode_graphs = DecodeGraphs(
+                self.model, self.kv_caches, self.backend, self.block_size,
+                kv_blocks_needed(config.max_model_len, self.block_size), self.num_blocks, config.max_model_len,
+                min(max_batch or 1024, config.scheduler.max_num_batched_tokens, 1024), self.device,
+            )  # fmt: skip
 
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"
@@ -131,10 +145,15 @@ class ModelRunner:
         """Swap blocks, run the chunks; return the chunks that produced a token, their tokens and logprobs."""
         self._copy_blocks(plan.swap_out, to_host=True)
         self._copy_blocks(plan.swap_in, to_host=False)
-        inputs = prepare_inputs(plan.chunks, self.block_size, self.device)
-        logits = self.model(
-            inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
-        )
+        shared = getattr(self.backend, "uses_shared_prefix", False)
+        chunks = order_for_sharing(plan.chunks) if shared else plan.chunks
+        inputs = prepare_inputs(chunks, self.block_size, self.device, shared_prefix=shared)
+        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs):
+            logits = self.decode_graphs.run(inputs)
+        else:
+            logits = self.model(
+                inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
+            )
         if not inputs.sampled_chunks:
             return [], [], None
         tokens, logprobs = self.sampler.sample(logits, [c.request for c in inputs.sampled_chunks])
