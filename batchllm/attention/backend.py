@@ -44,4 +44,8 @@ def get_attention_backend(name: str) -> AttentionBackend:
         from batchllm.attention.triton_backend import TritonBackend
 
         return TritonBackend()
-    raise ValueError(f"attention backend {name!r} is unknown; use 'reference' or 'triton'")
+    if name == "triton-unfused":  # ablation: no prefix-shared kernel
+        from batchllm.attention.triton_backend import TritonBackend
+
+        return TritonBackend(use_shared_prefix_kernel=False)
+    raise ValueError(f"attention backend {name!r} is unknown; use 'reference', 'triton' or 'triton-unfused'")

@@ -1,0 +1,173 @@
+"""Compile the prefix-shared attention kernels for a GPU target without a GPU (sm_90 by default).
+
+Same purpose as triton_compile_check.py (the interpreter accepts code the compiler rejects and hides
+pipelining / MMA kinds), for the launch configurations `shared_prefix_attention_triton` picks.
+Must run without TRITON_INTERPRET=1:
+
+    python -m batchllm.attention.shared_prefix_compile_check [--arch 90] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+
+from batchllm.attention import triton_shared_prefix as tsp
+from batchllm.attention.triton_compile_check import _TORCH_TO_TT, CompileReport
+from batchllm.attention.triton_utils import dot_precision, next_pow2
+
+_DATA_PTRS = ("q_ptr", "k_cache", "v_cache", "out_ptr")
+_FP32_PTRS = ("part_out_ptr", "part_lse_ptr")
+_FP32_SCALARS = ("qk_scale",)
+# Scalars a real launch does not see divisible by 16 (no divisibility hint).
+_NOT_DIVISIBLE = (
+    "num_segments", "n_shared", "n_decode", "num_decodes", "num_seqs", "pid_base", "distinct_slot", "qk_scale",
+    "stride_bt", "stride_sbt", "stride_lt", "num_heads",
+)  # fmt: skip
+
+
+def _signature(kernel, dtype: str, constexprs: dict) -> tuple[dict, dict]:
+    sig, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in constexprs:
+            sig[name] = "constexpr"
+            continue
+        if name in _DATA_PTRS:
+            sig[name] = f"*{dtype}"
+        elif name in _FP32_PTRS:
+            sig[name] = "*fp32"
+        elif name.endswith("_ptr"):
+            sig[name] = "*i32"
+        elif name in _FP32_SCALARS:
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i32"
+        if name not in _NOT_DIVISIBLE:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return sig, attrs
+
+
+@dataclass
+class SharedPrefixCompileReport(CompileReport):
+    num_warps: int = 0
+    registers: int = -1  # per thread, from ptxas -v (-1: unknown)
+    spill_bytes: int = -1  # spill stores + loads
+
+
+def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
+    """(registers, spill bytes) that ptxas reports for the kernel; (-1, -1) without ptxas."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        tool = get_ptxas(arch)
+        ptxas = getattr(tool, "path", tool)
+        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+            f.write(ptx)
+        proc = subprocess.run([ptxas, "-v", f"-arch=sm_{arch}a", f.name, "-o", os.devnull], capture_output=True, text=True)
+        os.unlink(f.name)
+        regs = re.search(r"Used (\d+) registers", proc.stderr)
+        spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)
+        if regs is None or spills is None:
+            return -1, -1
+        return int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))
+    except Exception:  # diagnostics only
+        return -1, -1
+
+
+def _compile(
+    kernel, name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int, arch: int, maxnreg: int = 0
+) -> SharedPrefixCompileReport:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig, attrs = _signature(kernel, dtype, constexprs)
+    compiled = triton.compile(
+        ASTSource(kernel, sig, constexprs, attrs),
+        target=GPUTarget("cuda", arch, 32),
+        options=dict(num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None),
+    )
+    ttgir = compiled.asm["ttgir"]
+    regs, spills = _ptxas_usage(compiled.asm["ptx"], arch)
+    return SharedPrefixCompileReport(
+        name=name,
+        shared_bytes=int(compiled.metadata.shared),
+        async_copies=ttgir.count("async_copy_global_to_local"),
+        wgmma=ttgir.count("warp_group_dot"),
+        mma=ttgir.count("tt.dot"),
+        num_warps=num_warps,
+        registers=regs,
+        spill_bytes=spills,
+    )
+
+
+def kernel_configs(quick: bool = False) -> list[tuple[str, torch.dtype, dict, int, int, int]]:
+    """(name, dtype, constexprs, num_warps, num_stages, maxnreg) for the configurations the host code picks."""
+    out = []
+    dtypes = (torch.bfloat16, torch.float32) if quick else (torch.bfloat16, torch.float16, torch.float32)
+    shapes = ((32, 8, 128),) if quick else ((32, 8, 128), (16, 4, 64), (28, 4, 128))
+    for dtype in dtypes:
+        for hq, hkv, d in shapes:
+            g = hq // hkv
+            cfg = tsp.shared_prefix_config(hq, hkv, d, dtype)
+            tag = f"{_TORCH_TO_TT[dtype]}-h{hq}/{hkv}-d{d}"
+            e_block_m = max(cfg.extend_block_m, next_pow2(g))
+            for s_block_m in sorted({max(16, next_pow2(g)), 64, cfg.shared_block_m}):
+                for kind, has in (
+                    ("fused-decode", (True, True, False)),
+                    ("fused-mixed", (True, True, True)),
+                    ("cascade-shared", (True, False, False)),
+                ):
+                    if kind != "fused-decode" and s_block_m != cfg.shared_block_m:
+                        continue
+                    if quick and dtype == torch.float32 and kind != "fused-mixed":
+                        continue
+                    warps = cfg.num_warps or (8 if max(s_block_m, e_block_m if has[2] else 0) >= 128 else 4)
+                    ce = dict(
+                        G=g, HKV=hkv, PAGE=16, HEAD_DIM=d, D_PAD=max(16, next_pow2(d)),
+                        S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=cfg.shared_block_n,
+                        S_SPLITS=1 if kind != "fused-mixed" else 4,
+                        D_BLOCK_M=max(16, next_pow2(g)), D_BLOCK_N=cfg.decode_block_n,
+                        E_BLOCK_M=e_block_m, E_BLOCK_Q=e_block_m // g, E_BLOCK_N=cfg.extend_block_n,
+                        HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2],
+                        UPCAST=False, PRECISION=dot_precision(dtype), INTERPRET=False,
+                    )  # fmt: skip
+                    out.append((f"{kind}-m{s_block_m}-{tag}", dtype, ce, warps, cfg.num_stages, tsp._maxnreg(cfg, warps)))
+            ce = dict(ce, HAS_SHARED=False, HAS_DECODE=True, HAS_EXTEND=False)
+            warps = cfg.num_warps or 4
+            out.append((f"cascade-distinct-{tag}", dtype, ce, warps, cfg.num_stages, tsp._maxnreg(cfg, warps)))
+    return out
+
+
+def compile_all(arch: int = 90, quick: bool = False) -> list[SharedPrefixCompileReport]:
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to check")
+    reports = []
+    for name, dtype, ce, warps, stages, maxnreg in kernel_configs(quick):
+        reports.append(_compile(tsp._shared_prefix_kernel, name, _TORCH_TO_TT[dtype], ce, warps, stages, arch, maxnreg))
+    merge_ce = dict(NUM_PARTS=3, H_BLOCK=32, HEAD_DIM=128, D_PAD=128)
+    reports.append(_compile(tsp._merge_kernel, "merge-3parts-h32-d128", "bf16", merge_ce, 4, 1, arch))
+    return reports
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", type=int, default=90)
+    parser.add_argument("--quick", action="store_true", help="Llama-8B heads, bf16 and fp32 only")
+    args = parser.parse_args()
+    reports = compile_all(args.arch, args.quick)
+    for r in reports:
+        print(f"{r.name:40s} smem {r.shared_bytes:6d}  cp.async {r.async_copies:2d}  wgmma {r.wgmma}  mma {r.mma}  "
+              f"warps {r.num_warps}  regs {r.registers}  spills {r.spill_bytes}")  # fmt: skip
+    print(json.dumps([asdict(r) for r in reports]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Triton attention backend: KV store, then the prefix-shared fused kernel or plain paged attention."""
+
+from __future__ import annotations
+
+import torch
+
+from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.reference import write_kv_cache
+from batchllm.attention.triton_paged import paged_attention_triton
+from batchllm.attention.triton_shared_prefix import shared_prefix_attention_triton
+
+
+class TritonBackend:
+    """use_shared_prefix_kernel=False ignores `meta.shared` (every sequence reads its whole context
+    through the paged kernel): the ablation baseline, registered as backend "triton-unfused".
+    cascade=True runs the shared kernel as separate shared / distinct / merge launches."""
+
+    def __init__(self, use_shared_prefix_kernel: bool = True, cascade: bool = False) -> None:
+        self.use_shared_prefix_kernel = use_shared_prefix_kernel
+        self.cascade = cascade
+        # The runner lays batches out for sharing (and builds meta.shared) only when this is True.
+        self.uses_shared_prefix = use_shared_prefix_kernel
+        self.name = "triton" if use_shared_prefix_kernel else "triton-unfused"
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        meta: AttentionMetadata,
+        scale: float,
+    ) -> torch.Tensor:
+        # Index_put store: one small launch per cache; the attention kernels dominate.
+        write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        if self.use_shared_prefix_kernel and meta.shared is not None:
+            return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
+        return paged_attention_triton(query, k_cache, v_cache, meta, scale)
