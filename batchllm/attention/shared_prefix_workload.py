@@ -48,6 +48,17 @@ def _chain(nodes: list[PrefixNode], node: int) -> list[int]:
     return out[::-1]
 
 
+def _runs(mem: list[int], seqs: list[SeqSpec]) -> list[list[int]]:
+    """Split a node's members into runs contiguous in the flat query order (each run: one segment)."""
+    runs = [[mem[0]]]
+    for b in mem[1:]:
+        if all(seqs[x].q_len == 0 for x in range(runs[-1][-1] + 1, b)):
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    return runs
+
+
 def make_shared_batch(
     nodes: list[PrefixNode],
     seqs: list[SeqSpec],
@@ -61,10 +72,9 @@ def make_shared_batch(
     poison: bool = True,
     min_members: int = 1,
 ) -> SharedBatch:
-    """Build the batch; the members of every node must be contiguous in `seqs` (the contract's order).
-
-    A node becomes a segment when at least `min_members` sequences with queries sit below it; the
-    others' tokens are then attended as part of their sequences' distinct parts.
+    """Build the batch. Each run of a node's members that is contiguous in `seqs` becomes one segment
+    when it has at least `min_members` members with queries (and its members' parent node is a
+    segment for them); otherwise those tokens are attended as part of the sequences' distinct parts.
     """
     g = torch.Generator().manual_seed(seed)
     for n in nodes:
@@ -101,18 +111,18 @@ def make_shared_batch(
         if s.q_len > 0:
             for node in _chain(nodes, s.node):
                 members.setdefault(node, []).append(b)
-    segments, shared_end, is_segment = [], [0] * len(seqs), set()
-    for node in sorted(members):  # parents first, so a child is a segment only below a segment
-        mem = members[node]
-        if len(mem) < min_members or (nodes[node].parent >= 0 and nodes[node].parent not in is_segment):
-            continue
-        between = range(mem[0], mem[-1] + 1)
-        assert all(b in mem or seqs[b].q_len == 0 for b in between), f"members of node {node} are not contiguous"
-        is_segment.add(node)
-        level = len(_chain(nodes, node)) - 1
-        segments.append(Segment(qsl[mem[0]], qsl[mem[-1] + 1], *kv_range[node], level, full_table[node]))
-        for b in mem:
-            shared_end[b] = max(shared_end[b], kv_range[node][1])
+    segments, shared_end = [], [0] * len(seqs)
+    seg_nodes: list[set[int]] = [set() for _ in seqs]  # nodes each sequence reads through a segment
+    for node in sorted(members):  # parents first: a run becomes a segment only below segments
+        for run in _runs(members[node], seqs):
+            parent = nodes[node].parent
+            if len(run) < min_members or (parent >= 0 and any(parent not in seg_nodes[b] for b in run)):
+                continue
+            level = len(_chain(nodes, node)) - 1
+            segments.append(Segment(qsl[run[0]], qsl[run[-1] + 1], *kv_range[node], level, full_table[node]))
+            for b in run:
+                seg_nodes[b].add(node)
+                shared_end[b] = max(shared_end[b], kv_range[node][1])
     # Levels must be contiguous from 0: a node whose parent is no segment cannot be one either.
     levels = sorted({s.level for s in segments})
     assert levels == list(range(len(levels))), "segment levels must be 0..L-1"

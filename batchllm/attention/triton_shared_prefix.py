@@ -412,7 +412,7 @@ def _merge_kernel(
         acc = acc * alpha[:, None] + w[:, None] * o
         w_sum = w_sum * alpha + w
         m = m_new
-    res = acc / w_sum[:, None]
+    res = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]  # padded heads: no live partial
     o_ptrs = out_ptr + t * stride_ot + (offs_h * stride_oh)[:, None] + offs_d[None, :]
     tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
 
