@@ -91,6 +91,19 @@ class LLM:
     def get_tokenizer(self):
         return self.tokenizer
 
+    def set_scheduling(self, scheduling: str = "batchllm", attention_backend: Optional[str] = None, **options: Any) -> None:
+        """Switch the scheduling policy (and optionally the attention backend) between batches, same model."""
+        current = self.config.scheduler
+        config = SchedulerConfig.preset(
+            scheduling,
+            max_num_batched_tokens=current.max_num_batched_tokens,
+            max_num_seqs=current.max_num_seqs,
+            enable_chunked_prefill=current.enable_chunked_prefill,
+            **options,
+        )
+        self.engine.reconfigure(config, attention_backend)
+        self.config = self.engine.config
+
     def save_trace(self, path: str, label: str = "") -> None:
         """Write the per-iteration trace of every batch run so far (JSON; plot it with `batchllm report`)."""
         self.engine.trace.label = label or self.engine.trace.label

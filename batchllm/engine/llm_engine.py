@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Optional
 
 from transformers import PreTrainedTokenizerBase
 
-from batchllm.config import EngineConfig
+from batchllm.config import EngineConfig, SchedulerConfig
 from batchllm.engine.request import Request, RequestStatus
 from batchllm.engine.stop_checker import StopChecker
 from batchllm.engine.trace import IterationTrace
@@ -36,12 +37,24 @@ class LLMEngine:
             eos.append(tokenizer.eos_token_id)
         self.eos_token_ids = eos
         self.runner = ModelRunner(config, arch, eos, attention_backend)
-        self.pool = BlockPool(self.runner.num_blocks, enable_caching=config.scheduler.prefix_caching)
+        self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
+        self.reconfigure(config.scheduler)
+
+    def reconfigure(self, scheduler_config: SchedulerConfig, attention_backend: Optional[str] = None) -> None:
+        """Fresh scheduler, block pool and trace under another policy (the loaded model and KV memory stay).
+
+        Lets benchmarks and ablations compare policies in one process without reloading the model.
+        """
+        if self.has_unfinished():
+            raise RuntimeError("reconfigure only between batches: requests are still running")
+        self.config = dataclasses.replace(self.config, scheduler=scheduler_config)
+        if attention_backend is not None:
+            self.runner.set_attention_backend(attention_backend)
+        self.pool = BlockPool(self.runner.num_blocks, enable_caching=scheduler_config.prefix_caching)
         host_pool = BlockPool(self.runner.num_host_blocks) if self.runner.num_host_blocks else None
         self.scheduler: Scheduler = BatchScheduler(
-            config.scheduler, self.pool, config.cache.block_size, host_pool, self.runner.preemption_costs()
+            scheduler_config, self.pool, self.config.cache.block_size, host_pool, self.runner.preemption_costs()
         )
-        self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
         self.num_iterations = 0
         self.trace = IterationTrace()
 
@@ -57,7 +70,7 @@ class LLMEngine:
         self.scheduler.add_requests(requests)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return hasattr(self, "scheduler") and self.scheduler.has_unfinished()
 
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it."""

@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "batchllm.entrypoints.generate",
     "batchllm.entrypoints.run_batch",
     "batchllm.entrypoints.report",
+    "batchllm.entrypoints.bench",
     # register new subcommands here (modules with add_parser(subparsers) and run(args) -> int)
 )
 

@@ -63,6 +63,15 @@ class ModelRunner:
                 min(max_batch or 1024, config.scheduler.max_num_batched_tokens, 1024), self.device,
             )  # fmt: skip
 
+    def set_attention_backend(self, name: str) -> None:
+        backend = get_attention_backend(name)
+        if self.decode_graphs is not None and backend.name.startswith("triton"):
+            # Graphs replay the plain paged decode kernel, which every Triton variant shares.
+            self.decode_graphs.backend = backend
+        elif self.decode_graphs is not None:
+            self.decode_graphs = None
+        self.backend = backend
+
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"
         return PreemptionCosts(

@@ -1,0 +1,1 @@
+"""Benchmark workloads, the end-to-end runner and the physical floor (`batchllm bench`)."""

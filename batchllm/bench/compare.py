@@ -1,0 +1,116 @@
+"""Run one workload end to end under several engine configurations in one process, same model, same GPU."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from batchllm.bench.workloads import Workload
+from batchllm.llm import LLM
+from batchllm.sampling_params import SamplingParams
+
+# name -> (scheduling preset, attention backend on GPU, scheduler options)
+CONFIGS: dict[str, tuple[str, str, dict]] = {
+    "batchllm": ("batchllm", "triton", {}),
+    "vllm-like": ("vllm-like", "triton-unfused", {}),
+    "+prefix-clustering": ("vllm-like", "triton-unfused", {"prefix_clustering": True}),
+    "+fused-kernel": ("vllm-like", "triton", {"prefix_clustering": True}),
+    "+decode-first": ("vllm-like", "triton-unfused", {"decode_first": True}),
+    "+memory-batching": ("vllm-like", "triton-unfused", {"token_batching": "memory"}),
+    "batchllm-unfused": ("batchllm", "triton-unfused", {}),
+    "batchllm-multilevel": ("batchllm", "triton", {"multi_level": True}),
+}
+
+
+@dataclass
+class RunResult:
+    config: str
+    workload: str
+    requests: int
+    seconds: float
+    prompt_tokens: int
+    output_tokens: int
+    prefill_tokens_computed: int
+    iterations: int
+    mean_tokens_per_iteration: float
+    peak_kv_blocks: int
+    preemptions: int
+    prefix_groups: int
+
+    @property
+    def total_tokens_per_s(self) -> float:
+        return (self.prompt_tokens + self.output_tokens) / self.seconds
+
+    @property
+    def reuse_ratio(self) -> float:
+        return 1.0 - self.prefill_tokens_computed / max(1, self.prompt_tokens)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_tokens_per_s": self.total_tokens_per_s, "reuse_ratio": self.reuse_ratio,
+                "requests_per_s": self.requests / self.seconds, "output_tokens_per_s": self.output_tokens / self.seconds,
+                "prompt_tokens_per_s": self.prompt_tokens / self.seconds}
+
+
+def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str] = None) -> RunResult:
+    """Time one workload (prefix analysis and scheduling included) under configuration `name`."""
+    if name not in CONFIGS:
+        raise ValueError(f"bench config {name!r} is unknown; use one of {sorted(CONFIGS)}")
+    scheduling, backend, options = CONFIGS[name]
+    on_gpu = llm.config.device.type == "cuda"
+    llm.set_scheduling(scheduling, attention_backend=backend if on_gpu else None, **options)
+    prompts = [{"prompt_token_ids": p} for p in workload.prompts]
+    params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in workload.max_tokens]
+    if on_gpu:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    if on_gpu:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    produced = sum(len(o.outputs[0].token_ids) for o in outputs)
+    if produced != workload.output_tokens:
+        raise RuntimeError(f"{name}: produced {produced} output tokens, expected {workload.output_tokens}")
+    trace = llm.engine.trace
+    if trace_path:
+        llm.save_trace(trace_path, label=f"{name} {workload.name}")
+    counters = llm.engine.scheduler.counters
+    return RunResult(
+        config=name,
+        workload=workload.name,
+        requests=len(workload.prompts),
+        seconds=seconds,
+        prompt_tokens=workload.prompt_tokens,
+        output_tokens=produced,
+        prefill_tokens_computed=int(trace.column("prefill_tokens").sum()),
+        iterations=len(trace),
+        mean_tokens_per_iteration=float(trace.column("batch_tokens").mean()) if len(trace) else 0.0,
+        peak_kv_blocks=int(trace.column("kv_blocks_used").max()) if len(trace) else 0,
+        preemptions=counters.preemptions,
+        prefix_groups=counters.prefix_groups,
+    )
+
+
+def run_transformers_baseline(model_dir: str, workload: Workload, dtype: torch.dtype, limit: int) -> dict:
+    """Hugging Face continuous batching (`generate_batch`) on the first `limit` requests, dummy weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    subset = Workload(workload.name, workload.prompts[:limit], workload.max_tokens[:limit])
+    config = AutoConfig.from_pretrained(model_dir)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+    generation = GenerationConfig(max_new_tokens=max(subset.max_tokens), do_sample=False, eos_token_id=None,
+                                  pad_token_id=0)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    results = model.generate_batch(inputs=subset.prompts, generation_config=generation)
+    torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    produced = sum(len(r.generated_tokens) for r in results.values())
+    del model
+    torch.cuda.empty_cache()
+    return {"config": "transformers generate_batch", "requests": len(subset.prompts), "seconds": seconds,
+            "prompt_tokens": subset.prompt_tokens, "output_tokens": produced,
+            "total_tokens_per_s": (subset.prompt_tokens + produced) / seconds}

@@ -1,0 +1,94 @@
+"""The physical floor of a workload: FLOPs it must do after prefix reuse, bytes it must move, and the
+measured matrix rate / copy bandwidth of this device."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from batchllm.bench.workloads import Workload
+from batchllm.model.arch_config import ArchConfig
+from batchllm.prefix import analyze_prefixes
+
+
+@dataclass(frozen=True)
+class DeviceRates:
+    matmul_flops_per_s: float
+    copy_bytes_per_s: float  # bytes read + written per second by a large device copy
+
+
+def measure_device_rates(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> DeviceRates:
+    if device.type != "cuda":
+        return DeviceRates(float("nan"), float("nan"))
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    reps = 10
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    flops = 2 * n**3 * reps / (time.perf_counter() - start)
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    bandwidth = 2 * src.numel() * reps / (time.perf_counter() - start)
+    del a, b, src, dst
+    torch.cuda.empty_cache()
+    return DeviceRates(flops, bandwidth)
+
+
+@dataclass(frozen=True)
+class Floor:
+    flops: float
+    bytes: float
+    compute_s: float
+    memory_s: float
+
+    @property
+    def seconds(self) -> float:
+        """Neither bound can be beaten; a perfect engine overlaps them, so the larger one is the floor."""
+        return max(self.compute_s, self.memory_s)
+
+
+def workload_floor(workload: Workload, arch: ArchConfig, rates: DeviceRates, block_size: int, dtype_bytes: int = 2) -> Floor:
+    """FLOPs: 2 x params x (prefill tokens left after ideal prefix reuse + output tokens) + attention.
+    Bytes: the weights once per decode step of the longest request, plus the KV every decode token reads
+    (a shared prefix read once per step for its whole group)."""
+    analysis = analyze_prefixes(workload.prompts, block_size=block_size)
+    params = arch.num_params() - arch.vocab_size * arch.hidden_size  # the embedding lookup costs no FLOPs
+    prefill = analysis.stats.prefill_tokens
+    decode = workload.output_tokens
+    attn_per_pair = 4 * arch.num_layers * arch.num_heads * arch.head_dim  # QK^T and PV, per (query, key) pair
+    attention_pairs = 0
+    kv_bytes = 0.0
+    kv_per_token = arch.kv_bytes_per_token(dtype_bytes)
+    shared_len = {}
+    for group in analysis.groups:
+        for member in group.member_ids.tolist():
+            shared_len[member] = group.shared_prefix_len
+    for group in analysis.sharing_groups:  # the prefix: computed once, read once per decode step of the group
+        members = group.member_ids.tolist()
+        attention_pairs += group.shared_prefix_len * (group.shared_prefix_len + 1) // 2
+        steps = max(workload.max_tokens[m] for m in members)
+        kv_bytes += group.shared_prefix_len * kv_per_token * steps
+    for i, (prompt, out) in enumerate(zip(workload.prompts, workload.max_tokens)):
+        start = shared_len.get(i, 0)
+        n = len(prompt)
+        attention_pairs += (n * (n + 1) // 2 - start * (start + 1) // 2)  # the suffix attends everything before
+        attention_pairs += out * n + out * (out - 1) // 2  # each output token attends the whole context
+        kv_bytes += (out * (n - start) + out * (out - 1) // 2) * kv_per_token
+    flops = 2.0 * params * (prefill + decode) + attn_per_pair * attention_pairs
+    weight_bytes = arch.num_params() * dtype_bytes
+    total_bytes = weight_bytes * max(workload.max_tokens) + kv_bytes
+    return Floor(flops, total_bytes, flops / rates.matmul_flops_per_s, total_bytes / rates.copy_bytes_per_s)

@@ -1,0 +1,109 @@
+"""`batchllm bench`: run a workload end to end under one or several configurations; print a table.
+
+    batchllm bench --workload micro-2000-200-16-100 --requests 1024 --model MODEL_DIR --load-format dummy \\
+        --compare batchllm,vllm-like,+prefix-clustering,+decode-first,+memory-batching --out results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("bench", help="benchmark a workload end to end (tokens/s, reuse, ratios, floor)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--workload", help="micro-S-D-k-O | multilevel | noshare | skewed")
+    source.add_argument("--input", help="a workload JSONL ({prompt_token_ids, max_tokens} per line)")
+    p.add_argument("--requests", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", required=True, help="HF model folder (config.json suffices with --load-format dummy)")
+    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None)
+    p.add_argument("--max-num-seqs", type=int, default=256, help="count cap of the vllm-like configurations")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--compare", default="batchllm", help="comma-separated configurations (first = ratio base)")
+    p.add_argument("--hf-requests", type=int, default=0, help="also time transformers generate_batch on N requests")
+    p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
+    p.add_argument("--trace-dir", default=None, help="save each run's per-iteration trace here")
+    p.add_argument("--out", default=None, help="write all results as JSON")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from batchllm.bench.compare import CONFIGS, run_config, run_transformers_baseline
+    from batchllm.bench.roofline import measure_device_rates, workload_floor
+    from batchllm.bench.workloads import make_workload, read_workload_jsonl
+    from batchllm.llm import LLM
+    from batchllm.model.arch_config import load_arch_config
+
+    configs = [c.strip() for c in args.compare.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        print(f"error: unknown --compare configuration(s) {unknown}; known: {sorted(CONFIGS)}", file=sys.stderr)
+        return 2
+    arch = load_arch_config(args.model)
+    if args.workload:
+        workload = make_workload(args.workload, args.requests, arch.vocab_size, args.seed)
+        if args.write_workload:
+            workload.write_jsonl(args.write_workload)
+    else:
+        workload = read_workload_jsonl(args.input)
+    longest = max(len(p) + m for p, m in zip(workload.prompts, workload.max_tokens))
+    llm = LLM(args.model, load_format=args.load_format, dtype=args.dtype, device=args.device,
+              skip_tokenizer_init=True, max_model_len=args.max_model_len or max(longest + 1, 4096),
+              max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager)
+    warm = make_workload("noshare", 8, arch.vocab_size, seed=1)
+    llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts],
+                 [__import__("batchllm").SamplingParams(max_tokens=4, ignore_eos=True)] * 8, use_tqdm=False)
+    results = []
+    for name in configs:
+        trace = os.path.join(args.trace_dir, f"trace_{name.strip('+')}.json") if args.trace_dir else None
+        result = run_config(llm, name, workload, trace).to_dict()
+        results.append(result)
+        print(json.dumps(result), flush=True)
+    hf = None
+    device = llm.config.device
+    if args.hf_requests:
+        del llm
+        torch.cuda.empty_cache()
+        hf = run_transformers_baseline(args.model, workload, torch.bfloat16, args.hf_requests)
+        print(json.dumps(hf), flush=True)
+    rates = measure_device_rates(device)
+    floor = workload_floor(workload, arch, rates, block_size=16)
+    _print_table(workload, results, hf, floor, rates, device)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"workload": workload.name, "requests": len(workload.prompts), "results": results,
+                       "transformers": hf, "floor": floor.__dict__, "rates": rates.__dict__,
+                       "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, f, indent=2)
+    return 0
+
+
+def _print_table(workload, results, hf, floor, rates, device) -> None:
+    base = results[0]
+    print(f"\n{workload.name}: {len(workload.prompts)} requests, {workload.prompt_tokens} prompt + "
+          f"{workload.output_tokens} output tokens; device {device}")
+    print(f"{'config':<22}{'seconds':>9}{'req/s':>8}{'tok/s':>10}{'out tok/s':>10}{'vs ' + base['config'][:10]:>14}"
+          f"{'reuse':>7}{'iters':>7}{'tok/it':>8}{'peakKV':>8}{'preempt':>8}{'% floor':>8}")
+    rows = results + ([hf] if hf else [])
+    for r in rows:
+        ratio = r["total_tokens_per_s"] / base["total_tokens_per_s"]
+        pct = floor.seconds / r["seconds"] * 100 if r in results else float("nan")
+        print(f"{r['config'][:22]:<22}{r['seconds']:>9.2f}{r['requests'] / r['seconds']:>8.1f}"
+              f"{r['total_tokens_per_s']:>10.0f}{r['output_tokens'] / r['seconds']:>10.0f}{ratio:>14.2f}"
+              f"{r.get('reuse_ratio', float('nan')):>7.3f}{r.get('iterations', 0):>7}"
+              f"{r.get('mean_tokens_per_iteration', 0):>8.0f}{r.get('peak_kv_blocks', 0):>8}{r.get('preemptions', 0):>8}"
+              f"{pct:>8.1f}")
+    print(f"floor: {floor.flops / 1e12:.1f} TFLOP over {rates.matmul_flops_per_s / 1e12:.0f} TFLOP/s = "
+          f"{floor.compute_s:.2f} s; {floor.bytes / 1e9:.1f} GB over {rates.copy_bytes_per_s / 1e9:.0f} GB/s = "
+          f"{floor.memory_s:.2f} s")

@@ -1,0 +1,52 @@
+"""Workload generators and `batchllm bench` on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from batchllm.bench.workloads import make_workload, read_workload_jsonl
+from batchllm.entrypoints.cli import main
+from batchllm.prefix import analyze_prefixes
+
+TINY = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "models", "tiny-llama")
+
+
+def test_micro_workload_shape_and_seed(tmp_path):
+    w = make_workload("micro-64-8-4-5", 32, vocab=1000, seed=3)
+    assert len(w.prompts) == 32 and all(len(p) == 72 for p in w.prompts) and set(w.max_tokens) == {5}
+    assert w.prompts == make_workload("micro-64-8-4-5", 32, vocab=1000, seed=3).prompts
+    stats = analyze_prefixes(w.prompts, block_size=16).stats
+    assert stats.groups == 8 and stats.saved_tokens == 8 * 3 * 64
+    path = tmp_path / "w.jsonl"
+    w.write_jsonl(str(path))
+    assert read_workload_jsonl(str(path)).prompts == w.prompts
+
+
+@pytest.mark.parametrize("name", ["multilevel", "noshare", "skewed"])
+def test_other_workloads(name):
+    w = make_workload(name, 40, vocab=5000, seed=0)
+    assert len(w.prompts) == 40 and all(0 < m <= 500 for m in w.max_tokens)
+    reuse = analyze_prefixes(w.prompts, block_size=16).stats.reuse_ratio
+    assert (reuse == 0.0) if name == "noshare" else (reuse > 0.3)
+
+
+def test_unknown_workload():
+    with pytest.raises(ValueError, match="workload 'nope' is unknown"):
+        make_workload("nope", 4, 100)
+
+
+def test_bench_cli_compares_configs(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    code = main(["bench", "--workload", "micro-64-8-4-3", "--requests", "16", "--model", TINY, "--load-format",
+                 "dummy", "--compare", "batchllm,vllm-like", "--out", str(out), "--trace-dir", str(tmp_path)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    by_config = {r["config"]: r for r in data["results"]}
+    assert by_config["batchllm"]["prefill_tokens_computed"] == 4 * 64 + 16 * 8
+    assert by_config["vllm-like"]["prefill_tokens_computed"] <= 16 * 72
+    assert by_config["batchllm"]["output_tokens"] == 48
+    assert "vs batchllm" in capsys.readouterr().out
+    assert (tmp_path / "trace_batchllm.json").exists()
