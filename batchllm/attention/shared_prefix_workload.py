@@ -145,9 +145,10 @@ def make_shared_batch(
             slots = torch.tensor(table, dtype=torch.int64)[pos // block_size] * block_size + pos % block_size
             k_cache.view(-1, num_kv_heads, head_dim)[slots] = torch.randn(length, num_kv_heads, head_dim, generator=g)
             v_cache.view(-1, num_kv_heads, head_dim)[slots] = torch.randn(length, num_kv_heads, head_dim, generator=g)
-    else:
-        k_cache = torch.randn(shape, generator=g)
-        v_cache = torch.randn(shape, generator=g)
+    else:  # benchmark sizes: generate on the device, in the target dtype
+        dg = torch.Generator(device=device).manual_seed(seed)
+        k_cache = torch.randn(shape, generator=dg, device=device, dtype=dtype)
+        v_cache = torch.randn(shape, generator=dg, device=device, dtype=dtype)
 
     slots = []
     for b, s in enumerate(seqs):
