@@ -8,6 +8,10 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # Triton reads this when kernels are decorated (at import): set before any test imports triton.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 
 
