@@ -26,7 +26,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object per answer")
     return p
-    return p
 
 
 def run(args: argparse.Namespace) -> int:
