@@ -23,6 +23,11 @@ for shared tiles, slot P - 1 for the distinct part. Levels that do not cover a t
 LSE = -inf (the host fills the LSE slots of levels that do not cover every token). `_merge_kernel`
 then computes O = sum_i 2^(L_i - L) O_i exactly and writes the output in the query dtype.
 
+Tile sizes are per region (constexprs of separate branches), but num_warps, num_stages and the
+register count are per launch: the fused kernel uses the maximum over its regions (8 warps with a
+128-register cap when shared tiles have 128 rows, which ptxas fits without spills on sm_90, so
+two CTAs share an SM). The cascade variant specialises each of its launches instead.
+
 Split-K over a segment's KV is used when few long shared programs would otherwise be the tail
 (heuristic in `_choose_shared_splits`). `cascade=True` runs the same work as three launches
 (shared, distinct, merge; each specialised) like FlashInfer's cascade kernels, for ablation.
