@@ -69,14 +69,15 @@ def bf16_smoke(num_prompts: int, prompt_len: int, output_len: int, backend: str,
     elapsed = time.perf_counter() - start
     out_tokens = sum(len(o.outputs[0].token_ids) for o in outs)
     assert out_tokens == num_prompts * output_len
+    num_blocks, iterations = llm.engine.runner.num_blocks, llm.engine.num_iterations
     del llm
     torch.cuda.empty_cache()
     return {
         "backend": backend + (" eager" if enforce_eager else (" graphs" if backend != "reference" else "")),
         "prompts": num_prompts, "prompt_len": prompt_len,
-        "output_len": output_len, "seconds": elapsed, "kv_blocks": llm.engine.runner.num_blocks,
+        "output_len": output_len, "seconds": elapsed, "kv_blocks": num_blocks,
         "output_tok_s": out_tokens / elapsed, "total_tok_s": (out_tokens + num_prompts * prompt_len) / elapsed,
-        "iterations": llm.engine.num_iterations,
+        "iterations": iterations,
     }
 
 
