@@ -33,6 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
     p.add_argument("--trace-dir", default=None, help="save each run's per-iteration trace here")
     p.add_argument("--out", default=None, help="write all results as JSON")
+    p.add_argument("--warmup-requests", type=int, default=256,
+                   help="untimed pass over the first N requests per configuration first, so Triton's JIT compiles "
+                        "the kernel variants the run needs before the clock starts (0: none)")
     return p
 
 
@@ -66,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
     llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts],
                  [__import__("batchllm").SamplingParams(max_tokens=4, ignore_eos=True)] * 8, use_tqdm=False)
     results = []
+    warm_subset = None
+    if args.warmup_requests:
+        n = min(args.warmup_requests, len(workload.prompts))
+        warm_subset = type(workload)(workload.name + "-warmup", workload.prompts[:n], workload.max_tokens[:n])
     for name in configs:
+        if warm_subset is not None:
+            run_config(llm, name, warm_subset)
         trace = os.path.join(args.trace_dir, f"trace_{name.strip('+')}.json") if args.trace_dir else None
         result = run_config(llm, name, workload, trace).to_dict()
         results.append(result)
