@@ -478,7 +478,10 @@ def _make_plan(
     kve = np.asarray(shared.seg_kv_end_cpu, dtype=np.int64)
     q_tokens = np.maximum(qe - qs, 0)
     max_rows = int(q_tokens.max()) * group if len(q_tokens) else 0
-    s_block_m = max(16, next_pow2(group), min(cfg.shared_block_m, next_pow2(max(max_rows, 1))))
+    # Two tile heights only (small groups / everything else): every distinct constexpr set is a separate
+    # Triton JIT compile of seconds, paid mid-run the first time a batch shape needs it.
+    small = max(16, next_pow2(group))
+    s_block_m = small if max_rows <= small else max(small, cfg.shared_block_m)
     s_block_q = s_block_m // group
     tiles = -(-q_tokens // s_block_q)
     tile_start = np.concatenate([[0], np.cumsum(tiles)]).astype(np.int32)
@@ -497,6 +500,7 @@ def _make_plan(
         distinct_work = int((-(-np.maximum(own_kv, 0) // cfg.decode_block_n)).sum()) * num_kv_heads
         splits = _choose_shared_splits(tiles, -(-(kve - kvs) // cfg.shared_block_n), distinct_work, num_kv_heads,
                                        num_sms(device))  # fmt: skip
+        splits = 1 if splits == 1 else (4 if splits <= 4 else 16)  # few split factors = few kernel variants
     num_warps = cfg.num_warps or (8 if max(s_block_m, e_block_m if n_extend_tiles else 0) >= 128 else 4)
     maxnreg = _maxnreg(cfg, num_warps)
 

@@ -33,9 +33,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
     p.add_argument("--trace-dir", default=None, help="save each run's per-iteration trace here")
     p.add_argument("--out", default=None, help="write all results as JSON")
-    p.add_argument("--warmup-requests", type=int, default=256,
-                   help="untimed pass over the first N requests per configuration first, so Triton's JIT compiles "
-                        "the kernel variants the run needs before the clock starts (0: none)")
+    p.add_argument("--warmup-requests", type=int, default=-1,
+                   help="untimed pass over the first N requests per configuration first (-1: the whole workload, "
+                        "0: none), so Triton's JIT compiles every kernel variant the run needs before the clock "
+                        "starts, as an engine's start-up compile does")
     return p
 
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     results = []
     warm_subset = None
     if args.warmup_requests:
-        n = min(args.warmup_requests, len(workload.prompts))
+        n = len(workload.prompts) if args.warmup_requests < 0 else min(args.warmup_requests, len(workload.prompts))
         warm_subset = type(workload)(workload.name + "-warmup", workload.prompts[:n], workload.max_tokens[:n])
     for name in configs:
         if warm_subset is not None:
