@@ -84,7 +84,26 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--scheduling", choices=("batchllm", "vllm-like"), default="batchllm",
                    help="batchllm: prefix groups, decode-first order, memory-centric batching (default); "
                         "vllm-like: FCFS with an LRU prefix cache (the baseline)")
+    e.add_argument("--prefix-clustering", action=argparse.BooleanOptionalAction, default=None,
+                   help="prefix groups: each shared prefix prefilled once (overrides --scheduling)")
+    e.add_argument("--decode-first", action=argparse.BooleanOptionalAction, default=None,
+                   help="order by expected decode / prefill length instead of first-come-first-served")
+    e.add_argument("--token-batching", choices=("memory", "count"), default=None,
+                   help="memory: admit by KV memory needed, no request cap; count: max-num-seqs cap")
+    e.add_argument("--prefix-caching", action=argparse.BooleanOptionalAction, default=None,
+                   help="LRU automatic prefix caching of KV blocks (vLLM-style)")
+    e.add_argument("--multi-level", action=argparse.BooleanOptionalAction, default=None,
+                   help="nested prefix groups (system prompt -> document -> question), every level stored once")
+    e.add_argument("--trace", default=None, help="write the engine's per-iteration trace (JSON) here for `batchllm report`")
     return p
+
+
+SCHEDULER_FLAGS = ("prefix_clustering", "decode_first", "token_batching", "prefix_caching", "multi_level")
+
+
+def scheduler_overrides(args: argparse.Namespace) -> dict:
+    """The single-feature switches given on the command line (None = the --scheduling preset decides)."""
+    return {name: getattr(args, name) for name in SCHEDULER_FLAGS if getattr(args, name, None) is not None}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,13 +160,15 @@ def run(args: argparse.Namespace) -> int:
                 llm = LLM(model, dtype=args.dtype, device=args.device, max_model_len=max_model_len, seed=args.seed,
                           block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
                           max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                          scheduling=args.scheduling)
+                          scheduling=args.scheduling, **scheduler_overrides(args))
                 load_seconds = time.perf_counter() - t0
             except (ValueError, OSError) as err:
                 log(f"error: cannot load the model: {err}")
                 return 2
             summary = run_batch_to_writer(llm, args.input, writer, resume, options, log=log)
             summary.seconds["load_model"] = round(load_seconds, 3)
+            if args.trace:
+                llm.save_trace(args.trace, label=args.scheduling)
         log(format_summary(summary))
         if args.summary_json:
             with open(args.summary_json, "w") as f:

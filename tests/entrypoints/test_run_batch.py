@@ -261,3 +261,29 @@ def test_sigkill_then_resume_loses_nothing(tmp_path, text_model):
         assert r["error"] is None and resumed[cid]["error"] is None
         assert _content(resumed[cid]) == _content(r), cid
         assert resumed[cid]["response"]["body"]["usage"] == r["response"]["body"]["usage"]
+
+
+def test_feature_switches_and_trace(tmp_path, text_model):
+    """Single scheduling features switched from the CLI give the same greedy answers; --trace writes a trace."""
+    questions = [f"Item {i}: name a colour." for i in range(5)]
+    inp = _write(tmp_path / "in.jsonl", [_chat(f"q{i}", q, max_tokens=6, temperature=0) for i, q in enumerate(questions)])
+    common = ["--model", text_model, "--max-model-len", "256"]
+    base = str(tmp_path / "base.jsonl")
+    assert _run("-i", inp, "-o", base, *common) == 0
+    switched, trace = str(tmp_path / "switched.jsonl"), str(tmp_path / "trace.json")
+    assert _run("-i", inp, "-o", switched, *common, "--no-prefix-clustering", "--no-decode-first",
+                "--token-batching", "count", "--prefix-caching", "--trace", trace) == 0
+    assert {k: _content(v) for k, v in _by_id(read_results(switched)).items()} == \
+        {k: _content(v) for k, v in _by_id(read_results(base)).items()}
+    data = json.loads(open(trace).read())
+    assert len(data["batch_tokens"]) > 0 and sum(data["decode_tokens"]) >= 5
+
+
+def test_scheduler_flags_parse_to_overrides():
+    from batchllm.entrypoints.cli import build_parser
+    from batchllm.entrypoints.run_batch import scheduler_overrides
+
+    args = build_parser().parse_args(["run-batch", "-i", "x", "-o", "y", "--no-prefix-clustering",
+                                      "--token-batching", "count", "--multi-level"])
+    assert scheduler_overrides(args) == {"prefix_clustering": False, "token_batching": "count", "multi_level": True}
+    assert scheduler_overrides(build_parser().parse_args(["run-batch", "-i", "x", "-o", "y"])) == {}
