@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 import time
-from array import array
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
+from batchllm.prefix.token_arrays import TokenArraysBuilder
 from batchllm.entrypoints.requests_jsonl import RequestRecord, read_request_records
 
 DEFAULT_LRU_CACHE_BLOCKS = 16_384  # 262,144 tokens at block size 16: a typical single-GPU KV pool
@@ -47,7 +47,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from batchllm.prefix import TokenArrays, analyze_prefixes
+    from batchllm.prefix import analyze_prefixes
 
     if args.block_size <= 0:
         print("error: --block-size must be positive", file=sys.stderr)
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     t1 = time.perf_counter()
     analysis = analyze_prefixes(
-        TokenArrays(loaded.tokens, loaded.offsets),
+        loaded.build(),
         min_shared_len=args.min_shared_len,
         block_size=args.block_size,
         align_to_blocks=not args.no_align,
@@ -100,34 +100,21 @@ def _lru_blocks(args: argparse.Namespace) -> int:
     return DEFAULT_LRU_CACHE_BLOCKS
 
 
-class LoadedPrompts:
+class LoadedPrompts(TokenArraysBuilder):
     """Token ids of the valid lines (flat int32 + offsets), and the invalid lines' count and first errors."""
 
     def __init__(self) -> None:
-        self._tokens = array("i")
-        self._lengths = array("q")
+        super().__init__()
         self.invalid_lines = 0
         self.errors: list[str] = []
 
     def add(self, ids) -> None:
-        self._tokens.extend(ids)
-        self._lengths.append(len(ids))
+        self.append(ids)
 
     def fail(self, line_number: int, message: str) -> None:
         self.invalid_lines += 1
         if len(self.errors) < MAX_ERRORS_SHOWN:
             self.errors.append(f"line {line_number}: {message}")
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.frombuffer(self._tokens, dtype=np.int32) if len(self._tokens) else np.zeros(0, np.int32)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
-        if len(self._lengths):
-            np.cumsum(np.frombuffer(self._lengths, dtype=np.int64), out=offsets[1:])
-        return offsets
 
 
 def load_prompts(path: str, tokenizer=None, progress: bool = True) -> LoadedPrompts:

@@ -33,6 +33,7 @@ from batchllm.entrypoints.openai_batch import (
     error_line,
     success_line,
 )
+from batchllm.prefix.token_arrays import TokenArraysBuilder
 from batchllm.entrypoints.requests_jsonl import read_request_records
 from batchllm.entrypoints.results_writer import (
     DUPLICATE_CODE,
@@ -244,18 +245,17 @@ class BatchSummary:
         return d
 
 
-class CompactRequests:
+class CompactRequests(TokenArraysBuilder):
     """The runnable requests of a batch, kept compact: flat int32 tokens + small per-request arrays."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.custom_ids: list[str] = []
         self.kinds = bytearray()  # 1 chat, 0 completion
         self.param_index = array("i")
         self.seeds = array("q")  # derived seed, or -1 (the interned params carry the request's own seed)
         self.model_index = array("i")
         self.output_budget = array("q")  # max output tokens (for the memory plan)
-        self._tokens = array("i")
-        self._lengths = array("q")
         self._params: list = []
         self._params_keys: dict[str, int] = {}
         self._models: list[Optional[str]] = []
@@ -286,19 +286,7 @@ class CompactRequests:
         self.seeds.append(seed)
         self.model_index.append(model_idx)
         self.output_budget.append(room if params.max_tokens is None else min(params.max_tokens, room))
-        self._tokens.frombytes(ids.astype(np.int32, copy=False).tobytes())
-        self._lengths.append(len(ids))
-
-    @property
-    def tokens(self) -> np.ndarray:
-        return np.frombuffer(self._tokens, dtype=np.int32) if len(self._tokens) else np.zeros(0, np.int32)
-
-    @property
-    def offsets(self) -> np.ndarray:
-        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
-        if len(self._lengths):
-            np.cumsum(np.frombuffer(self._lengths, dtype=np.int64), out=offsets[1:])
-        return offsets
+        self.append(ids)
 
     def params(self, i: int):
         params = self._params[self.param_index[i]]
@@ -412,9 +400,9 @@ def _prompt_error(ids: np.ndarray, vocab_size: int, max_model_len: int) -> Optio
 
 
 def analyse(requests: CompactRequests, block_size: int, lru_cache_blocks: Optional[int]):
-    from batchllm.prefix import TokenArrays, analyze_prefixes
+    from batchllm.prefix import analyze_prefixes
 
-    return analyze_prefixes(TokenArrays(requests.tokens, requests.offsets), block_size=block_size,
+    return analyze_prefixes(requests.build(), block_size=block_size,
                             lru_cache_blocks=lru_cache_blocks or None)
 
 

@@ -5,6 +5,8 @@ A million Python lists of a thousand ints would take ~30 GB; a flat int32 array 
 
 from __future__ import annotations
 
+from array import array
+
 from dataclasses import dataclass
 from typing import Sequence, Union
 
@@ -80,3 +82,36 @@ def _check_token_range(tokens: np.ndarray) -> None:
     # Negative ids are reserved: the tree pads short blocks with -1 so that a prefix sorts before its extensions.
     if len(tokens) and (tokens.min() < 0 or tokens.max() > np.iinfo(np.int32).max - 1):
         raise ValueError("token ids must be in [0, 2**31 - 2]")
+
+
+class TokenArraysBuilder:
+    """Appends prompts one at a time into compact buffers (no Python list per prompt); `build()` views them."""
+
+    def __init__(self) -> None:
+        self._tokens = array("i")
+        self._lengths = array("q")
+
+    def __len__(self) -> int:
+        return len(self._lengths)
+
+    def append(self, ids) -> None:
+        """Add one prompt: a sequence of ints or an integer numpy array."""
+        if isinstance(ids, np.ndarray):
+            self._tokens.frombytes(ids.astype(np.int32, copy=False).tobytes())
+        else:
+            self._tokens.extend(ids)
+        self._lengths.append(len(ids))
+
+    @property
+    def tokens(self) -> np.ndarray:
+        return np.frombuffer(self._tokens, dtype=np.int32) if len(self._tokens) else np.zeros(0, np.int32)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        offsets = np.zeros(len(self._lengths) + 1, dtype=np.int64)
+        if len(self._lengths):
+            np.cumsum(np.frombuffer(self._lengths, dtype=np.int64), out=offsets[1:])
+        return offsets
+
+    def build(self) -> TokenArrays:
+        return TokenArrays(self.tokens, self.offsets)

@@ -309,12 +309,7 @@ class BatchScheduler:
             request.num_computed_tokens = start
             self.counters.cache_hit_tokens += start
         request.block_ids.extend(self.pool.allocate(need))
-        if limit is not None:
-            request.reserved_blocks = self._reserve_for(request)
-            self.reserved_blocks += request.reserved_blocks
-        self._start_running(request)
-        out.chunks.append(ScheduledChunk(request, num_new))
-        return num_new
+        return self._start_running(request, num_new, limit is not None, out)
 
     def _try_swap_in(self, request: Request, budget: int, limit: Optional[float], out: SchedulerOutput) -> Optional[int]:
         host_blocks = request.swapped_blocks
@@ -334,16 +329,17 @@ class BatchScheduler:
         request.block_ids.extend(device_blocks)
         request.block_ids.extend(self.pool.allocate(max(0, grow)))
         request.swapped_blocks = None
-        if limit is not None:
+        return self._start_running(request, num_new, limit is not None, out)
+
+    def _start_running(self, request: Request, num_new: int, reserve: bool, out: SchedulerOutput) -> int:
+        """Admission's last step: reserve its memory (memory-centric mode), run it, schedule its first chunk."""
+        if reserve:
             request.reserved_blocks = self._reserve_for(request)
             self.reserved_blocks += request.reserved_blocks
-        self._start_running(request)
-        out.chunks.append(ScheduledChunk(request, num_new))
-        return num_new
-
-    def _start_running(self, request: Request) -> None:
         request.status = RequestStatus.RUNNING
         bisect.insort(self.running, request, key=lambda r: r.rank)
+        out.chunks.append(ScheduledChunk(request, num_new))
+        return num_new
 
     # ---- after the model ran -----------------------------------------------------------------
     def on_step_done(self, out: SchedulerOutput) -> None:
