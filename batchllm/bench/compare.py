@@ -93,24 +93,30 @@ def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str
     )
 
 
-def run_transformers_baseline(model_dir: str, workload: Workload, dtype: torch.dtype, limit: int) -> dict:
+def run_transformers_baseline(
+    model_dir: str, workload: Workload, dtype: torch.dtype, limit: int, device: str = "cuda"
+) -> dict:
     """Hugging Face continuous batching (`generate_batch`) on the first `limit` requests, dummy weights."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     subset = Workload(workload.name, workload.prompts[:limit], workload.max_tokens[:limit])
     config = AutoConfig.from_pretrained(model_dir)
-    with torch.device("cuda"):
+    with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     generation = GenerationConfig(max_new_tokens=max(subset.max_tokens), do_sample=False, eos_token_id=None,
                                   pad_token_id=0)
-    torch.cuda.synchronize()
+    on_gpu = device.startswith("cuda")
+    if on_gpu:
+        torch.cuda.synchronize()
     start = time.perf_counter()
     results = model.generate_batch(inputs=subset.prompts, generation_config=generation)
-    torch.cuda.synchronize()
+    if on_gpu:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     produced = sum(len(r.generated_tokens) for r in results.values())
     del model
-    torch.cuda.empty_cache()
+    if on_gpu:
+        torch.cuda.empty_cache()
     return {"config": "transformers generate_batch", "requests": len(subset.prompts), "seconds": seconds,
             "prompt_tokens": subset.prompt_tokens, "output_tokens": produced,
             "total_tokens_per_s": (subset.prompt_tokens + produced) / seconds}

@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     device = llm.config.device
     if args.hf_requests:
         del llm
-        torch.cuda.empty_cache()
-        hf = run_transformers_baseline(args.model, workload, torch.bfloat16, args.hf_requests)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        hf_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        hf = run_transformers_baseline(args.model, workload, hf_dtype, args.hf_requests, device=str(device))
         print(json.dumps(hf), flush=True)
     rates = measure_device_rates(device)
     floor = workload_floor(workload, arch, rates, block_size=16)
