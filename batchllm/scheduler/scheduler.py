@@ -35,6 +35,7 @@ class SchedulerCounters:
     recomputes: int = 0
     prefix_groups: int = 0
     cache_hit_tokens: int = 0
+    evicted_groups: int = 0  # prefix KV dropped before its members started (memory deadlock avoided)
 
 
 class BatchScheduler:
@@ -56,6 +57,7 @@ class BatchScheduler:
         self.running: list[Request] = []  # sorted by rank
         self.reserved_blocks = 0
         self._attached_once: set[int] = set()
+        self._resident_groups: dict[int, SharedPrefix] = {}  # id -> group whose prefix KV is in the pool
         self._pending_host_release: list[int] = []
         self._next_rank = 0
         self._next_group_id = 0
@@ -127,6 +129,7 @@ class BatchScheduler:
             # Last holder gone: the prefix KV is freed (its blocks were released by the holders).
             group.blocks = None
             group.dead = True
+            self._resident_groups.pop(id(group), None)
             self.reserved_blocks -= group.reserved_blocks
             group.reserved_blocks = 0
             parent = group.prefix_request.group
@@ -180,6 +183,24 @@ class BatchScheduler:
         recompute = self.costs.recompute_seconds(request.num_computed_tokens - request.num_shared_blocks * self.block_size)
         return self.costs.swap_seconds(num_private_blocks) < recompute
 
+    def _evict_idle_group(self, keep: Optional[SharedPrefix]) -> bool:
+        """Free the prefix KV of a group that no member uses yet (worst-ranked first); False if there is none.
+
+        A computed prefix whose members have not started pins memory without progress; when nothing else can
+        give way, dropping it is the only move that cannot deadlock. Its members then prefill their whole prompt.
+        """
+        idle = [
+            g for g in self._resident_groups.values()
+            if g is not keep and g.unattached_members > 0 and g.holders == 1  # only the group's own hold
+        ]  # fmt: skip
+        if not idle:
+            return False
+        group = max(idle, key=lambda g: g.prefix_request.rank)
+        self.counters.evicted_groups += 1
+        self.pool.release(group.blocks[::-1])
+        self._drop_group_holder(group)
+        return True
+
     def _worst_running(self, exclude: set[int]) -> Optional[Request]:
         for request in reversed(self.running):
             if id(request) not in exclude:
@@ -199,6 +220,8 @@ class BatchScheduler:
         while need > self.pool.num_free:
             victim = self._worst_running(scheduled | {id(request)})
             if victim is None or victim.rank < request.rank:
+                if self._evict_idle_group(keep=request.group):
+                    continue
                 self._preempt(request, out)
                 return False
             self._preempt(victim, out)
@@ -269,6 +292,8 @@ class BatchScheduler:
             if admitted is None:
                 if self.running or out.chunks:
                     return  # head of line waits for memory
+                if self._evict_idle_group(keep=request.group):
+                    continue  # retry the same head with the freed blocks
                 raise RuntimeError(f"request {request.request_id} cannot fit an empty KV cache (a bug: please report)")
             queue.popleft()
             budget -= admitted
@@ -363,6 +388,7 @@ class BatchScheduler:
         prefix_request.status = RequestStatus.FINISHED
         # The prefix request's references become the group's own hold on the blocks.
         group.blocks = list(prefix_request.block_ids)
+        self._resident_groups[id(group)] = group
         group.holders += 1
         group.reserved_blocks = prefix_request.reserved_blocks
         prefix_request.reserved_blocks = 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from batchllm.config import SchedulerConfig
@@ -125,6 +125,26 @@ def _prompts_with_sharing(draw_lens, prefixes):
     preemption=st.sampled_from(["recompute", "swap"]),
     hint=st.sampled_from([None, 1]),
 )
+@example(
+    shape=[(0, 1), (0, 1), (2, 1), (2, 1)],
+    max_tokens=5,
+    budget=3,
+    extra_blocks=1,
+    preset='batchllm',
+    multi_level=False,
+    preemption='recompute',
+    hint=None,
+).via('discovered failure: groups pinning memory deadlocked')
+@example(
+    shape=[(0, 1), (0, 1), (2, 1), (2, 1)],
+    max_tokens=1,
+    budget=3,
+    extra_blocks=1,
+    preset='batchllm',
+    multi_level=False,
+    preemption='recompute',
+    hint=None,
+).via('discovered failure: groups pinning memory deadlocked')
 def test_every_request_finishes_without_leaks(shape, max_tokens, budget, extra_blocks, preset, multi_level,
                                                preemption, hint):
     block_size = 4
