@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from batchllm.model.tokenizer import is_gguf_path
+from batchllm.model.tokenizer import gguf_hf_config, is_gguf_path
 
 # architecture name in config.json -> (family, q/k RMSNorm, qkv bias default)
 SUPPORTED_ARCHITECTURES = {
@@ -129,10 +129,7 @@ def arch_config_from_dict(cfg: dict, generation_eos: tuple[int, ...] = ()) -> Ar
 def load_arch_config(model: str) -> ArchConfig:
     """Read config.json (+ generation_config.json eos ids) from a folder, or the metadata of a .gguf file."""
     if is_gguf_path(model):
-        from transformers import AutoConfig
-
-        folder, name = os.path.split(os.path.abspath(model))
-        cfg = AutoConfig.from_pretrained(folder, gguf_file=name).to_dict()
+        cfg = gguf_hf_config(model).to_dict()
         if not cfg.get("architectures"):
             cfg["architectures"] = [_GGUF_MODEL_TYPES.get(cfg.get("model_type"), cfg.get("model_type"))]
         return arch_config_from_dict(cfg)

@@ -13,7 +13,7 @@ import torch
 from batchllm.model.arch_config import ArchConfig
 from batchllm.model.decoder import DecoderForCausalLM
 from batchllm.model.layers import RotaryEmbedding
-from batchllm.model.tokenizer import is_gguf_path
+from batchllm.model.tokenizer import gguf_hf_config, is_gguf_path
 
 # HF checkpoint name -> (our parameter name, shard index within a fused parameter or None)
 _FUSED = {
@@ -89,11 +89,10 @@ def _iter_safetensors(folder: str, device: torch.device) -> Iterator[tuple[str, 
 
 def _iter_gguf(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Dequantized tensors under their HF names, via transformers' GGUF reader (uses the `gguf` package)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    folder, name = os.path.split(os.path.abspath(path))
-    hf_config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    hf_config = gguf_hf_config(path)
     with torch.device("meta"):
         # A meta model costs no memory; transformers needs it only for the GGUF -> HF name map.
         skeleton = AutoModelForCausalLM.from_config(hf_config)

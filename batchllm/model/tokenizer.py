@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -9,6 +10,15 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 def is_gguf_path(model: str) -> bool:
     return model.endswith(".gguf") and os.path.isfile(model)
+
+
+@functools.lru_cache(maxsize=4)
+def gguf_hf_config(path: str):
+    """transformers' config for a GGUF file, parsed once: each parse reads the whole file's metadata (seconds)."""
+    from transformers import AutoConfig
+
+    folder, name = os.path.split(os.path.abspath(path))
+    return AutoConfig.from_pretrained(folder, gguf_file=name)
 
 
 def load_tokenizer(model: str) -> PreTrainedTokenizerBase:
