@@ -50,3 +50,24 @@ def test_bench_cli_compares_configs(tmp_path, capsys):
     assert by_config["batchllm"]["output_tokens"] == 48
     assert "vs batchllm" in capsys.readouterr().out
     assert (tmp_path / "trace_batchllm.json").exists()
+
+
+def test_floor_counts_prefix_reuse():
+    from batchllm.bench.roofline import DeviceRates, workload_floor
+    from batchllm.model.arch_config import load_arch_config
+
+    arch = load_arch_config(TINY)
+    rates = DeviceRates(matmul_flops_per_s=1e12, copy_bytes_per_s=1e11)
+    shared = make_workload("micro-64-16-8-4", 32, vocab=2000, seed=0)
+    distinct = make_workload("micro-0-80-1-4", 32, vocab=2000, seed=0)  # same lengths, nothing shared
+    assert len(shared.prompts[0]) == len(distinct.prompts[0]) == 80
+    f_shared = workload_floor(shared, arch, rates, block_size=16)
+    f_distinct = workload_floor(distinct, arch, rates, block_size=16)
+    params = arch.num_params() - arch.vocab_size * arch.hidden_size
+    # linear-layer FLOPs: 2 x params per computed token; the shared prefix is computed once per group of 8
+    linear_shared = 2 * params * (4 * 64 + 32 * 16 + 32 * 4)
+    linear_distinct = 2 * params * (32 * 80 + 32 * 4)
+    assert linear_shared < f_shared.flops < f_distinct.flops
+    assert f_distinct.flops > linear_distinct
+    assert f_shared.bytes < f_distinct.bytes  # a prefix's KV is read once per step for its whole group
+    assert f_shared.seconds == max(f_shared.compute_s, f_shared.memory_s) > 0
