@@ -6,7 +6,7 @@ import glob
 import json
 import os
 import re
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 
@@ -43,27 +43,28 @@ def _shard_sizes(cfg: ArchConfig, fused: str) -> list[int]:
     return [cfg.intermediate_size, cfg.intermediate_size]
 
 
-def load_named_tensor(model: DecoderForCausalLM, name: str, tensor: torch.Tensor) -> bool:
-    """Copy one checkpoint tensor into its (possibly fused) parameter; False if the name is not ours."""
-    cfg = model.cfg
-    params = dict(model.named_parameters())
+def load_named_tensor(
+    params: dict[str, torch.nn.Parameter], cfg: ArchConfig, name: str, tensor: torch.Tensor
+) -> Optional[str]:
+    """Copy one checkpoint tensor into its (possibly fused) parameter; returns that parameter's name, None if
+    the checkpoint name is not one of ours. `params` is the model's named_parameters() as a dict."""
     match = _LAYER_NAME.match(name)
     if match:
         layer, block, proj, kind = match.groups()
         if proj in _FUSED:
             fused, shard = _FUSED[proj]
-            target = params[f"layers.{layer}.{block}.{fused}.{kind}"]
+            target_name = f"layers.{layer}.{block}.{fused}.{kind}"
             sizes = _shard_sizes(cfg, fused)
             offset = sum(sizes[:shard])
-            target.data[offset : offset + sizes[shard]].copy_(tensor)
-            return True
+            params[target_name].data[offset : offset + sizes[shard]].copy_(tensor)
+            return target_name
     local = name.removeprefix("model.")
     if local == "lm_head.weight" and cfg.tie_word_embeddings:
-        return True
+        return local  # tied: the embedding serves as lm_head
     if local not in params:
-        return False
+        return None
     params[local].data.copy_(tensor)
-    return True
+    return local
 
 
 def _safetensors_files(folder: str) -> list[str]:
@@ -78,7 +79,7 @@ def _safetensors_files(folder: str) -> list[str]:
     return files
 
 
-def _iter_safetensors(folder: str, device: torch.device) -> Iterator[tuple[str, torch.Tensor]]:
+def _iter_safetensors(folder: str) -> Iterator[tuple[str, torch.Tensor]]:
     from safetensors import safe_open
 
     for path in _safetensors_files(folder):
@@ -123,21 +124,11 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model, seed)
         return model.eval()
-    tensors = _iter_gguf(model_path) if is_gguf_path(model_path) else _iter_safetensors(model_path, device)
-    expected = {n for n, _ in model.named_parameters()}
-    loaded: set[str] = set()
-    for name, tensor in tensors:
-        if load_named_tensor(model, name, tensor.to(dtype)):
-            loaded.add(_our_name(name))
-    missing = expected - loaded
+    tensors = _iter_gguf(model_path) if is_gguf_path(model_path) else _iter_safetensors(model_path)
+    params = dict(model.named_parameters())
+    loaded = {load_named_tensor(params, cfg, name, tensor.to(dtype)) for name, tensor in tensors}
+    missing = set(params) - loaded
     if missing:
         raise ValueError(f"model={model_path!r}: checkpoint lacks weights for {sorted(missing)[:5]} ...")
     return model.eval()
 
-
-def _our_name(name: str) -> str:
-    match = _LAYER_NAME.match(name)
-    if match and match.group(3) in _FUSED:
-        layer, block, proj, kind = match.groups()
-        return f"layers.{layer}.{block}.{_FUSED[proj][0]}.{kind}"
-    return name.removeprefix("model.")
