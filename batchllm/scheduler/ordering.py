@@ -32,7 +32,9 @@ def order_requests(
         if request.group is None:
             key = -decode_ratio(request) if decode_first else 0.0
             tops.append((key, request.arrival_index, request))
-    group_info = {id(g): _group_summary(g) for g in reversed(groups)}  # children before parents
+    group_info: dict[int, tuple[int, int, int]] = {}
+    for group in reversed(groups):  # pre-order reversed: every child is summarised before its parent
+        group_info[id(group)] = _group_summary(group, group_info)
     for group in groups:
         if group.prefix_request.group is None:  # first-level group
             decode, prefill, first = group_info[id(group)]
@@ -44,13 +46,13 @@ def order_requests(
     return ordered
 
 
-def _group_summary(group: SharedPrefix) -> tuple[int, int, int]:
-    """(expected decode tokens, prefill tokens incl. the prefix once, first arrival index) of a group."""
+def _group_summary(group: SharedPrefix, child_info: dict[int, tuple[int, int, int]]) -> tuple[int, int, int]:
+    """(expected decode tokens, prefill tokens incl. the prefix once, first arrival index) of a group;
+    `child_info` already holds the summaries of its child groups."""
     decode, prefill, first = 0, group.prefix_len - _parent_len(group), 1 << 62
     for member in group.members:
         if member.is_prefix:
-            child = member.computes_prefix_of
-            d, p, f = _group_summary(child)
+            d, p, f = child_info[id(member.computes_prefix_of)]
         else:
             d, p, f = member.expected_output_tokens, _prefill_tokens(member), member.arrival_index
         decode, prefill, first = decode + d, prefill + p, min(first, f)

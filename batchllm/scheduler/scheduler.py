@@ -102,13 +102,15 @@ class BatchScheduler:
                 yield queue, queue[0]
 
     # ---- block accounting --------------------------------------------------------------------
-    def _reserve_for(self, request: Request) -> int:
-        """KV blocks a request will hold at most (prompt + expected output), not counting borrowed ones."""
+    def _reserve_for(self, request: Request, num_borrowed: Optional[int] = None) -> int:
+        """KV blocks a request will hold at most (prompt + expected output), not counting borrowed ones
+        (`num_borrowed`: the group blocks it is about to borrow; default: those it borrows now)."""
         if request.is_prefix:
             total = request.num_prompt_tokens
         else:
             total = request.num_prompt_tokens + request.expected_output_tokens
-        return max(0, kv_blocks_needed(total, self.block_size) - request.num_shared_blocks)
+        borrowed = request.num_shared_blocks if num_borrowed is None else num_borrowed
+        return max(0, kv_blocks_needed(total, self.block_size) - borrowed)
 
     def _unreserve(self, request: Request) -> None:
         self.reserved_blocks -= request.reserved_blocks
@@ -321,9 +323,7 @@ class BatchScheduler:
         if need > self.pool.num_free - revived:
             return None
         if limit is not None:
-            request.num_shared_blocks = len(borrowed)  # for _reserve_for
-            reserve = self._reserve_for(request)
-            request.num_shared_blocks = 0
+            reserve = self._reserve_for(request, num_borrowed=len(borrowed))
             if self.reserved_blocks + reserve > limit and (self.running or out.chunks):
                 return None
         if borrowed:
@@ -393,9 +393,8 @@ class BatchScheduler:
         group.reserved_blocks = prefix_request.reserved_blocks
         prefix_request.reserved_blocks = 0
         prefix_request.block_ids = []
-        if prefix_request.num_shared_blocks:
-            # Its hold on the parent group passes to this group (dropped when this group dies).
-            prefix_request.num_shared_blocks = 0
+        # Its hold on a parent group (if any) passes to this group, dropped when this group dies.
+        prefix_request.num_shared_blocks = 0
         parked = self._parked.pop(id(group), [])
         for member in reversed(parked):
             self._enqueue(member, front=True)
