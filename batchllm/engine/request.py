@@ -46,6 +46,7 @@ class Request:
         self.finish_reason: Optional[str] = None
         self.stop_reason: Union[int, str, None] = None
         self.output_text: Optional[str] = None  # set at finish (or when a stop string is found)
+        self.stop_text_cache: tuple[int, int] = (-1, 0)  # (output tokens, decoded text length) at the last check
         self.metrics = RequestMetrics(arrival_time=time.monotonic())
         # Created by the sampler on the logits' device at the first draw (seeded requests only).
         self.generator: Optional[torch.Generator] = None

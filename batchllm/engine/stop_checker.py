@@ -37,7 +37,12 @@ class StopChecker:
         text = self.decode(request)
         params = request.params
         # A stop string can only complete in the text added by the newest token, so search its tail.
-        newest_len = len(text) - len(self.decode(request, drop_last=True))
+        # The text before it is what the previous step decoded (cached), else decode it once more.
+        tokens_before, length_before = request.stop_text_cache
+        if tokens_before != request.num_output_tokens - 1:
+            length_before = len(self.decode(request, drop_last=True))
+        request.stop_text_cache = (request.num_output_tokens, len(text))
+        newest_len = len(text) - length_before
         search_from = max(0, len(text) - newest_len - max(len(s) for s in params.stop_strings) + 1)
         best = None
         for stop in params.stop_strings:
