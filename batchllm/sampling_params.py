@@ -52,6 +52,11 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def output_budget(self, num_prompt_tokens: int, max_model_len: int) -> int:
+        """Output tokens this request may generate: max_tokens, capped by the room max_model_len leaves."""
+        room = max_model_len - num_prompt_tokens
+        return room if self.max_tokens is None else min(self.max_tokens, room)
+
     def validation_errors(self, vocab_size: int) -> list[str]:
         """Every problem with these values, as '<field>: <why>' messages (empty when valid)."""
         errors = []

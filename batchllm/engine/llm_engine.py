@@ -38,7 +38,7 @@ class LLMEngine:
         self.eos_token_ids = eos
         self.runner = ModelRunner(config, arch, eos, attention_backend)
         self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
-        self.reconfigure(config.scheduler)
+        self._start_policy(config.scheduler)
 
     def reconfigure(self, scheduler_config: SchedulerConfig, attention_backend: Optional[str] = None) -> None:
         """Fresh scheduler, block pool and trace under another policy (the loaded model and KV memory stay).
@@ -47,9 +47,12 @@ class LLMEngine:
         """
         if self.has_unfinished():
             raise RuntimeError("reconfigure only between batches: requests are still running")
-        self.config = dataclasses.replace(self.config, scheduler=scheduler_config)
         if attention_backend is not None:
             self.runner.set_attention_backend(attention_backend)
+        self._start_policy(scheduler_config)
+
+    def _start_policy(self, scheduler_config: SchedulerConfig) -> None:
+        self.config = dataclasses.replace(self.config, scheduler=scheduler_config)
         self.pool = BlockPool(self.runner.num_blocks, enable_caching=scheduler_config.prefix_caching)
         host_pool = BlockPool(self.runner.num_host_blocks) if self.runner.num_host_blocks else None
         self.scheduler: Scheduler = BatchScheduler(
@@ -61,8 +64,7 @@ class LLMEngine:
     def make_request(
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
     ) -> Request:
-        room = self.config.max_model_len - len(prompt_token_ids)
-        max_output = room if params.max_tokens is None else min(params.max_tokens, room)
+        max_output = params.output_budget(len(prompt_token_ids), self.config.max_model_len)
         return Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
 
     def add_requests(self, requests: list[Request]) -> None:
@@ -70,7 +72,7 @@ class LLMEngine:
         self.scheduler.add_requests(requests)
 
     def has_unfinished(self) -> bool:
-        return hasattr(self, "scheduler") and self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished()
 
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it."""

@@ -13,7 +13,6 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 
 from batchllm.prefix.token_arrays import TokenArraysBuilder
 from batchllm.entrypoints.requests_jsonl import RequestRecord, read_request_records

@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from batchllm.bench.workloads import make_workload, read_workload_jsonl
     from batchllm.llm import LLM
     from batchllm.model.arch_config import load_arch_config
+    from batchllm.sampling_params import SamplingParams
 
     configs = [c.strip() for c in args.compare.split(",") if c.strip()]
     unknown = [c for c in configs if c not in CONFIGS]
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
               gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager)
     warm = make_workload("noshare", 8, arch.vocab_size, seed=1)
     llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts],
-                 [__import__("batchllm").SamplingParams(max_tokens=4, ignore_eos=True)] * 8, use_tqdm=False)
+                 SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     results = []
     warm_subset = None
     if args.warmup_requests:

@@ -279,13 +279,12 @@ class CompactRequests(TokenArraysBuilder):
         if model_idx is None:
             model_idx = self._model_keys[request.model] = len(self._models)
             self._models.append(request.model)
-        room = max_model_len - len(ids)
         self.custom_ids.append(request.custom_id)
         self.kinds.append(1 if request.kind == "chat" else 0)
         self.param_index.append(index)
         self.seeds.append(seed)
         self.model_index.append(model_idx)
-        self.output_budget.append(room if params.max_tokens is None else min(params.max_tokens, room))
+        self.output_budget.append(params.output_budget(len(ids), max_model_len))
         self.append(ids)
 
     def params(self, i: int):
