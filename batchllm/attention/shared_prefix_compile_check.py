@@ -12,20 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import subprocess
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
 from batchllm.attention import triton_shared_prefix as tsp
-from batchllm.attention.triton_compile_check import _TORCH_TO_TT, CompileReport
+from batchllm.attention.triton_compile_check import _TORCH_TO_TT, CompileReport, compile_kernel
 from batchllm.attention.triton_utils import dot_precision, next_pow2
 
-_DATA_PTRS = ("q_ptr", "k_cache", "v_cache", "out_ptr")
-_FP32_PTRS = ("part_out_ptr", "part_lse_ptr")
-_FP32_SCALARS = ("qk_scale",)
 # Scalars a real launch does not see divisible by 16 (no divisibility hint).
 _NOT_DIVISIBLE = (
     "num_segments", "n_shared", "n_decode", "num_decodes", "num_seqs", "pid_base", "distinct_slot", "qk_scale",
@@ -33,79 +27,11 @@ _NOT_DIVISIBLE = (
 )  # fmt: skip
 
 
-def _signature(kernel, dtype: str, constexprs: dict) -> tuple[dict, dict]:
-    sig, attrs = {}, {}
-    for i, name in enumerate(kernel.arg_names):
-        if name in constexprs:
-            sig[name] = "constexpr"
-            continue
-        if name in _DATA_PTRS:
-            sig[name] = f"*{dtype}"
-        elif name in _FP32_PTRS:
-            sig[name] = "*fp32"
-        elif name.endswith("_ptr"):
-            sig[name] = "*i32"
-        elif name in _FP32_SCALARS:
-            sig[name] = "fp32"
-        else:
-            sig[name] = "i32"
-        if name not in _NOT_DIVISIBLE:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    return sig, attrs
-
-
-@dataclass
-class SharedPrefixCompileReport(CompileReport):
-    num_warps: int = 0
-    registers: int = -1  # per thread, from ptxas -v (-1: unknown)
-    spill_bytes: int = -1  # spill stores + loads
-
-
-def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes) that ptxas reports for the kernel; (-1, -1) without ptxas."""
-    try:
-        from triton.backends.nvidia.compiler import get_ptxas
-
-        tool = get_ptxas(arch)
-        ptxas = getattr(tool, "path", tool)
-        with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-            f.write(ptx)
-        proc = subprocess.run([ptxas, "-v", f"-arch=sm_{arch}a", f.name, "-o", os.devnull], capture_output=True, text=True)
-        os.unlink(f.name)
-        regs = re.search(r"Used (\d+) registers", proc.stderr)
-        spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", proc.stderr)
-        if regs is None or spills is None:
-            return -1, -1
-        return int(regs.group(1)), int(spills.group(1)) + int(spills.group(2))
-    except Exception:  # diagnostics only
-        return -1, -1
-
-
 def _compile(
     kernel, name: str, dtype: str, constexprs: dict, num_warps: int, num_stages: int, arch: int, maxnreg: int = 0
-) -> SharedPrefixCompileReport:
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    sig, attrs = _signature(kernel, dtype, constexprs)
-    compiled = triton.compile(
-        ASTSource(kernel, sig, constexprs, attrs),
-        target=GPUTarget("cuda", arch, 32),
-        options=dict(num_warps=num_warps, num_stages=num_stages, maxnreg=maxnreg or None),
-    )
-    ttgir = compiled.asm["ttgir"]
-    regs, spills = _ptxas_usage(compiled.asm["ptx"], arch)
-    return SharedPrefixCompileReport(
-        name=name,
-        shared_bytes=int(compiled.metadata.shared),
-        async_copies=ttgir.count("async_copy_global_to_local"),
-        wgmma=ttgir.count("warp_group_dot"),
-        mma=ttgir.count("tt.dot"),
-        num_warps=num_warps,
-        registers=regs,
-        spill_bytes=spills,
-    )
+) -> CompileReport:
+    return compile_kernel(kernel, name, dtype, constexprs, num_warps, num_stages, arch,
+                          not_divisible=_NOT_DIVISIBLE, maxnreg=maxnreg, registers=True)  # fmt: skip
 
 
 def kernel_configs(quick: bool = False) -> list[tuple[str, torch.dtype, dict, int, int, int]]:
@@ -146,7 +72,7 @@ def kernel_configs(quick: bool = False) -> list[tuple[str, torch.dtype, dict, in
     return out
 
 
-def compile_all(arch: int = 90, quick: bool = False) -> list[SharedPrefixCompileReport]:
+def compile_all(arch: int = 90, quick: bool = False) -> list[CompileReport]:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter has no compiler to check")
     reports = []

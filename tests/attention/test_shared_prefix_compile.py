@@ -3,29 +3,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
+from tests.attention.compile_check import run_compile_check  # noqa: E402
+
 from batchllm.attention.triton_shared_prefix import shared_prefix_config  # noqa: E402
 
 
 def test_shared_prefix_kernels_compile_for_sm90():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "batchllm.attention.shared_prefix_compile_check", "--quick"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    if proc.returncode != 0 and "ptxas" in proc.stderr and "not found" in proc.stderr:
-        pytest.skip("no ptxas available for offline compilation")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    reports = {r["name"]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    reports = run_compile_check("batchllm.attention.shared_prefix_compile_check")
     tag = "bf16-h32/8-d128"
     big = shared_prefix_config(32, 8, 128, torch.bfloat16).shared_block_m  # largest shared tile of the default
     r = reports[f"fused-decode-m{big}-{tag}"]
