@@ -26,13 +26,16 @@ import os
 import sys
 import time
 
-import torch
-import torch.nn.functional as F
+if "--smoke" in sys.argv:  # must precede the first triton import, as in bench_shared_prefix.py
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from attention_timing import bench_ms, check, copy_bandwidth, empty_cache, gather_sdpa  # noqa: E402
 
 from batchllm.attention.metadata import AttentionMetadata  # noqa: E402
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
@@ -50,27 +53,7 @@ DTYPE = torch.bfloat16
 DEVICE = "cuda"  # --smoke switches to the CPU interpreter (tiny shapes) to test this script itself
 
 
-def bench_ms(fn) -> float:
-    if DEVICE != "cuda":
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
 
-
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes/s of a device-to-device copy (counting read + write), the practical HBM ceiling."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    del src, dst
-    _empty_cache()
-    return 2 * nbytes / (ms * 1e-3)
-
-
-def _empty_cache() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
 
 
 def make_decode_batch(batch: int, ctx: int, seed: int = 0, q_lens: list[int] | None = None):
@@ -103,23 +86,6 @@ def make_decode_batch(batch: int, ctx: int, seed: int = 0, q_lens: list[int] | N
     return query, k_cache, v_cache, meta
 
 
-def gather_sdpa(query, k_cache, v_cache, meta, scale, ctx):
-    """Baseline for equal-length decode: gather pages to [B, Hkv, S, D], one SDPA over all sequences."""
-    batch = meta.num_seqs
-    bt = meta.block_tables.long()
-
-    def gather(cache):  # [B, nblk, PAGE, Hkv, D] -> [B, Hkv, nblk * PAGE, D]
-        return cache[bt].permute(0, 3, 1, 2, 4).reshape(batch, HKV, -1, D)[:, :, :ctx]
-
-    q = query.view(batch, HKV, HQ // HKV, D)  # a KV head's G query heads act as G query rows
-    o = F.scaled_dot_product_attention(q, gather(k_cache), gather(v_cache), scale=scale)
-    return o.reshape(batch, HQ, D)
-
-
-def check(name, got, want, atol=2e-2, rtol=2e-2):
-    err = (got.float() - want.float()).abs().max().item()
-    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
-    print(f"  check {name}: ok (max abs err {err:.2e})")
 
 
 def correctness(ctx: int, scale: float) -> None:
@@ -135,7 +101,7 @@ def correctness(ctx: int, scale: float) -> None:
     ref = paged_attention_reference(query, k, v, meta, scale)
     check("mixed decode+extend+prefill", paged_attention_triton(query, k, v, meta, scale), ref)
     del query, k, v, meta, ref
-    _empty_cache()
+    empty_cache(DEVICE)
 
 
 def decode_sweep(query, k, v, meta, scale, batch: int) -> tuple[float, dict]:
@@ -146,7 +112,7 @@ def decode_sweep(query, k, v, meta, scale, batch: int) -> tuple[float, dict]:
 
     def run(cfg: TileConfig, splits: int) -> float:
         try:
-            return bench_ms(
+            return bench_ms(DEVICE, 
                 lambda: paged_attention_triton(query, k, v, meta, scale, out=out, num_splits=splits, decode_cfg=cfg)
             )
         except Exception as exc:  # e.g. a config that needs more shared memory than the SM has
@@ -176,8 +142,8 @@ def bench_decode(batch: int, ctx: int, scale: float, bandwidth: float, sweep: bo
     got = paged_attention_triton(query, k, v, meta, scale, out=out)
     check(f"decode B={batch} triton vs gather+sdpa", got, gather_sdpa(query, k, v, meta, scale, ctx))
     splits = choose_num_splits(batch, HKV, ctx, decode_config(HQ, HKV, D, DTYPE).block_n, query.device)
-    t_triton = bench_ms(lambda: paged_attention_triton(query, k, v, meta, scale, out=out))
-    t_sdpa = bench_ms(lambda: gather_sdpa(query, k, v, meta, scale, ctx))
+    t_triton = bench_ms(DEVICE, lambda: paged_attention_triton(query, k, v, meta, scale, out=out))
+    t_sdpa = bench_ms(DEVICE, lambda: gather_sdpa(query, k, v, meta, scale, ctx))
     kv_bytes = batch * ctx * HKV * D * 2 * k.element_size()
     row = dict(
         kind="decode", batch=batch, ctx=ctx, num_splits=splits,
@@ -189,7 +155,7 @@ def bench_decode(batch: int, ctx: int, scale: float, bandwidth: float, sweep: bo
     print(f"  B={batch}: triton {t_triton:.3f} ms, gather+sdpa {t_sdpa:.3f} ms, floor {row['floor_ms']:.3f} ms"
           + (f", sweep best {row['sweep_ms']:.3f} ms {row['sweep_best']}" if sweep else ""))
     del query, k, v, meta, out
-    _empty_cache()
+    empty_cache(DEVICE)
     return row
 
 
@@ -200,12 +166,12 @@ def bench_prefill(scale: float, seqs: int = 4, length: int = 2048) -> dict:
     got = paged_attention_triton(query, k, v, meta, scale)
     check(f"prefill {seqs}x{length} (first 2 seqs)", got[: 2 * length], ref)
     out = torch.empty_like(query)
-    t_triton = bench_ms(lambda: paged_attention_triton(query, k, v, meta, scale, out=out))
+    t_triton = bench_ms(DEVICE, lambda: paged_attention_triton(query, k, v, meta, scale, out=out))
     bt = meta.block_tables.long()
     kc = k[bt].flatten(1, 2)[:, :length].transpose(1, 2).repeat_interleave(HQ // HKV, 1).contiguous()
     vc = v[bt].flatten(1, 2)[:, :length].transpose(1, 2).repeat_interleave(HQ // HKV, 1).contiguous()
     qc = query.view(seqs, length, HQ, D).transpose(1, 2).contiguous()
-    t_sdpa = bench_ms(lambda: F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=scale))
+    t_sdpa = bench_ms(DEVICE, lambda: F.scaled_dot_product_attention(qc, kc, vc, is_causal=True, scale=scale))
     flops = 4 * seqs * HQ * D * length * length / 2  # causal: half the square
     cfg = prefill_config(HQ, HKV, D, DTYPE)
     row = dict(kind="prefill", batch=seqs, ctx=length, triton_ms=t_triton, sdpa_contiguous_ms=t_sdpa,
@@ -244,7 +210,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, triton {triton.__version__}")
     t0 = time.time()
     correctness(args.ctx, scale)
-    bandwidth = copy_bandwidth(4 << 30 if DEVICE == "cuda" else 1 << 20)
+    bandwidth = copy_bandwidth(DEVICE, 4 << 30 if DEVICE == "cuda" else 1 << 20)
     print(f"device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)")
     rows = [bench_decode(int(b), args.ctx, scale, bandwidth, not args.no_sweep) for b in args.batches.split(",")]
     prefill = None if args.no_prefill else bench_prefill(scale, *((4, 2048) if DEVICE == "cuda" else (2, 40)))

@@ -35,12 +35,11 @@ if "--smoke" in sys.argv:  # must precede the first triton import
     os.environ["TRITON_INTERPRET"] = "1"
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
-from triton.testing import do_bench  # noqa: E402
+from attention_timing import bench_ms, check, copy_bandwidth, empty_cache, gather_sdpa  # noqa: E402
 
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference  # noqa: E402
@@ -63,46 +62,9 @@ DTYPE = torch.bfloat16
 DEVICE = "cuda"
 
 
-def bench_ms(fn) -> float:
-    if DEVICE != "cuda":
-        t = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t) * 1e3
-    return float(do_bench(fn, warmup=25, rep=200, return_mode="median"))
 
 
-def empty_cache() -> None:
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
 
-
-def copy_bandwidth(nbytes: int) -> float:
-    """Bytes/s of a device-to-device copy (read + write): the practical HBM ceiling."""
-    src = torch.empty(nbytes, dtype=torch.uint8, device=DEVICE)
-    dst = torch.empty_like(src)
-    ms = bench_ms(lambda: dst.copy_(src))
-    del src, dst
-    empty_cache()
-    return 2 * nbytes / (ms * 1e-3)
-
-
-def check(name, got, want, atol=2e-2, rtol=2e-2) -> None:
-    err = (got.float() - want.float()).abs().max().item()
-    torch.testing.assert_close(got.float(), want.float(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
-    print(f"  check {name}: ok (max abs err {err:.2e})")
-
-
-def gather_sdpa(query, k_cache, v_cache, meta, scale, ctx):
-    """Equal-length decode baseline: gather pages to [B, Hkv, ctx, D], one SDPA over all sequences."""
-    batch = meta.num_seqs
-    bt = meta.block_tables.long()
-
-    def gather(cache):  # [B, nblk, PAGE, Hkv, D] -> [B, Hkv, nblk * PAGE, D]
-        return cache[bt].permute(0, 3, 1, 2, 4).reshape(batch, HKV, -1, D)[:, :, :ctx]
-
-    q = query.view(batch, HKV, HQ // HKV, D)  # a KV head's G query heads act as G query rows
-    o = F.scaled_dot_product_attention(q, gather(k_cache), gather(v_cache), scale=scale)
-    return o.reshape(batch, HQ, D)
 
 
 def correctness(prefix: int, distinct: int) -> None:
@@ -122,7 +84,7 @@ def correctness(prefix: int, distinct: int) -> None:
     check("cascade (3 launches)", shared_prefix_attention_triton(*args, cascade=True), ref)
     check("unfused paged", paged_attention_triton(*args), ref)
     del b, args, ref
-    empty_cache()
+    empty_cache(DEVICE)
 
 
 def sweep_configs() -> list[tuple[SharedPrefixConfig, int | None]]:
@@ -149,7 +111,7 @@ def fused_sweep(args, out) -> tuple[float, dict]:
     best_ms, best = float("inf"), {}
     for cfg, splits in sweep_configs():
         try:
-            ms = bench_ms(lambda: shared_prefix_attention_triton(*args, out=out, config=cfg, shared_splits=splits))
+            ms = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out, config=cfg, shared_splits=splits))
         except Exception as exc:  # e.g. out of shared memory for this config
             print(f"    sweep skip {cfg} splits={splits}: {type(exc).__name__}: {str(exc)[:100]}")
             continue
@@ -170,15 +132,15 @@ def bench_case(degree: int, batch: int, prefix: int, distinct: int, bandwidth: f
     plan = _get_plan(b.meta, shared_prefix_config(HQ, HKV, D, DTYPE), HQ // HKV, HKV, b.query.device, None)
     row = dict(degree=degree, batch=batch, groups=groups, prefix=prefix, distinct=distinct,
                shared_block_m=plan.s_block_m, shared_splits=plan.splits, num_warps=plan.num_warps)  # fmt: skip
-    row["fused_ms"] = bench_ms(lambda: shared_prefix_attention_triton(*args, out=out))
-    row["unfused_ms"] = bench_ms(lambda: paged_attention_triton(*args, out=out))
-    row["cascade_ms"] = bench_ms(lambda: shared_prefix_attention_triton(*args, out=out, cascade=True))
+    row["fused_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out))
+    row["unfused_ms"] = bench_ms(DEVICE, lambda: paged_attention_triton(*args, out=out))
+    row["cascade_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out, cascade=True))
     try:
         check(f"degree {degree} B={batch}: gather+sdpa vs unfused", gather_sdpa(*args, ctx), unfused)
-        row["sdpa_ms"] = bench_ms(lambda: gather_sdpa(*args, ctx))
+        row["sdpa_ms"] = bench_ms(DEVICE, lambda: gather_sdpa(*args, ctx))
     except torch.OutOfMemoryError:
         row["sdpa_ms"] = float("nan")
-    empty_cache()
+    empty_cache(DEVICE)
     elem = b.k_cache.element_size()
     kv_token = HKV * D * 2 * elem  # K and V of one token
     need = groups * prefix * kv_token + batch * distinct * kv_token + 2 * batch * HQ * D * elem
@@ -191,7 +153,7 @@ def bench_case(degree: int, batch: int, prefix: int, distinct: int, bandwidth: f
           f"cascade {row['cascade_ms']:.3f}, sdpa {row['sdpa_ms']:.3f}, floor {row['floor_ms']:.3f}"
           + (f", sweep best {row['sweep_ms']:.3f} {row['sweep_best']}" if sweep else ""))  # fmt: skip
     del b, args, out, unfused
-    empty_cache()
+    empty_cache(DEVICE)
     return row
 
 
@@ -217,7 +179,7 @@ def main() -> None:
     print(f"device {device}, torch {torch.__version__}, triton {triton.__version__}")
     t0 = time.time()
     correctness(args.prefix, args.distinct)
-    bandwidth = copy_bandwidth(4 << 30 if DEVICE == "cuda" else 1 << 20)
+    bandwidth = copy_bandwidth(DEVICE, 4 << 30 if DEVICE == "cuda" else 1 << 20)
     print(f"device copy bandwidth: {bandwidth / 1e9:.0f} GB/s (read + write)")
     rows = []
     for degree in (int(x) for x in args.degrees.split(",")):
