@@ -22,8 +22,8 @@ from batchllm.attention.triton_utils import dot_precision, next_pow2
 
 # Scalars a real launch does not see divisible by 16 (no divisibility hint).
 _NOT_DIVISIBLE = (
-    "num_segments", "n_shared", "n_decode", "num_decodes", "num_seqs", "pid_base", "distinct_slot", "qk_scale",
-    "stride_bt", "stride_sbt", "stride_lt", "num_heads",
+    "num_segments", "splits", "n_shared", "n_decode", "num_decodes", "num_seqs", "pid_base", "distinct_slot", "qk_scale",
+    "stride_bt", "stride_sbt", "stride_lt", "num_heads", "num_parts",
 )  # fmt: skip
 
 
@@ -59,7 +59,6 @@ def kernel_configs(quick: bool = False) -> list[tuple[str, torch.dtype, dict, in
                     ce = dict(
                         G=g, HKV=hkv, PAGE=16, HEAD_DIM=d, D_PAD=max(16, next_pow2(d)),
                         S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=cfg.shared_block_n,
-                        S_SPLITS=1 if kind != "fused-mixed" else 4,
                         D_BLOCK_M=max(16, next_pow2(g)), D_BLOCK_N=cfg.decode_block_n,
                         E_BLOCK_M=e_block_m, E_BLOCK_Q=e_block_m // g, E_BLOCK_N=cfg.extend_block_n,
                         HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2],
@@ -78,8 +77,8 @@ def compile_all(arch: int = 90, quick: bool = False) -> list[CompileReport]:
     reports = []
     for name, dtype, ce, warps, stages, maxnreg in kernel_configs(quick):
         reports.append(_compile(tsp._shared_prefix_kernel, name, _TORCH_TO_TT[dtype], ce, warps, stages, arch, maxnreg))
-    merge_ce = dict(NUM_PARTS=3, H_BLOCK=32, HEAD_DIM=128, D_PAD=128)
-    reports.append(_compile(tsp._merge_kernel, "merge-3parts-h32-d128", "bf16", merge_ce, 4, 1, arch))
+    merge_ce = dict(H_BLOCK=32, HEAD_DIM=128, D_PAD=128, INTERPRET=False)
+    reports.append(_compile(tsp._merge_kernel, "merge-h32-d128", "bf16", merge_ce, 4, 1, arch))
     return reports
 
 

@@ -18,7 +18,7 @@ One launch, a 1-D grid split into regions by program id (each region has its own
   causal within the sequence's own part (as triton_paged's prefill/extend tiles).
 
 Every tile writes a normalised partial O (fp32) and its log2-domain LSE into
-part_out [P, T, Hq, D] / part_lse [P, T, Hq], P = num_levels * SPLITS + 1: slot level * SPLITS + split
+part_out [P, T, Hq, D] / part_lse [P, T, Hq], P = num_levels * splits + 1: slot level * splits + split
 for shared tiles, slot P - 1 for the distinct part. Levels that do not cover a token keep
 LSE = -inf (the host fills the LSE slots of levels that do not cover every token). `_merge_kernel`
 then computes O = sum_i 2^(L_i - L) O_i exactly and writes the output in the query dtype.
@@ -202,19 +202,42 @@ def _last_le(ptr, n, x):
 @triton.jit
 def _shared_tile(
     pid, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
-    seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
+    seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments, splits,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
     G: tl.constexpr, HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLITS: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
     UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     # pid -> (segment M-tile, split, KV head), KV head fastest: the programs that run together read
     # the same pages of the same segment (other heads), and a segment's M-tiles/splits are adjacent.
+    # The split count is a runtime value (one compiled variant serves every split factor).
     kvh = pid % HKV
     rest = pid // HKV
-    split = rest % SPLITS
-    gtile = rest // SPLITS
+    split = rest % splits
+    gtile = rest // splits
+    # A CUDA-graph launch has a fixed grid sized for the worst case: tiles past the real ones
+    # (seg_tile_ptr[num_segments]) have nothing to do.
+    if gtile < tl.load(seg_tile_ptr + num_segments):
+        _shared_tile_body(
+            gtile, kvh, split, splits, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
+            seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
+            stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
+            stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
+            G, HKV, BLOCK_M, BLOCK_Q, BLOCK_N, PAGE, HEAD_DIM, D_PAD, UPCAST, PRECISION, INTERPRET,
+        )  # fmt: skip
+
+
+@triton.jit
+def _shared_tile_body(
+    gtile, kvh, split, splits, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
+    seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
+    stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
+    stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
+    G: tl.constexpr, HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
     seg = _last_le(seg_tile_ptr, num_segments, gtile)
     m_tile = gtile - tl.load(seg_tile_ptr + seg)
     q_lo = tl.load(seg_qs_ptr + seg)
@@ -238,13 +261,9 @@ def _shared_tile(
     n_kv = kv_hi - kv_lo
     n_tiles = tl.cdiv(n_kv, BLOCK_N)
     n_full = n_kv // BLOCK_N
-    if SPLITS > 1:
-        per_split = tl.cdiv(n_tiles, SPLITS)
-        lo = split * per_split
-        hi = tl.minimum(lo + per_split, n_tiles)
-    else:
-        lo = 0
-        hi = n_tiles
+    per_split = tl.cdiv(n_tiles, splits)
+    lo = split * per_split
+    hi = tl.minimum(lo + per_split, n_tiles)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -262,7 +281,7 @@ def _shared_tile(
         PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, False, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
     _store_partial(
-        acc, m_i, l_i, level * SPLITS + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
+        acc, m_i, l_i, level * splits + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
         stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, HEAD_DIM, D_PAD,
     )  # fmt: skip
 
@@ -331,17 +350,17 @@ def _distinct_tile(
         )  # fmt: skip
 
 
-@triton.jit(do_not_specialize=["num_segments", "n_shared", "n_decode", "num_decodes", "num_seqs", "pid_base",
-                               "distinct_slot"])  # fmt: skip
+@triton.jit(do_not_specialize=["num_segments", "splits", "n_shared", "n_decode", "num_decodes", "num_seqs",
+                               "pid_base", "distinct_slot"])  # fmt: skip
 def _shared_prefix_kernel(
     q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
     qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
     seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
     stride_bt, stride_sbt, stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh,
-    num_segments, n_shared, n_decode, num_decodes, num_seqs, pid_base, distinct_slot, qk_scale,
+    num_segments, splits, n_shared, n_decode, num_decodes, num_seqs, pid_base, distinct_slot, qk_scale,
     G: tl.constexpr, HKV: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    S_BLOCK_M: tl.constexpr, S_BLOCK_Q: tl.constexpr, S_BLOCK_N: tl.constexpr, S_SPLITS: tl.constexpr,
+    S_BLOCK_M: tl.constexpr, S_BLOCK_Q: tl.constexpr, S_BLOCK_N: tl.constexpr,
     D_BLOCK_M: tl.constexpr, D_BLOCK_N: tl.constexpr,
     E_BLOCK_M: tl.constexpr, E_BLOCK_Q: tl.constexpr, E_BLOCK_N: tl.constexpr,
     HAS_SHARED: tl.constexpr, HAS_DECODE: tl.constexpr, HAS_EXTEND: tl.constexpr,
@@ -357,9 +376,9 @@ def _shared_prefix_kernel(
             _shared_tile(
                 pid, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
                 seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
-                stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
+                splits, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
                 stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
-                G, HKV, S_BLOCK_M, S_BLOCK_Q, S_BLOCK_N, S_SPLITS, PAGE, HEAD_DIM, D_PAD,
+                G, HKV, S_BLOCK_M, S_BLOCK_Q, S_BLOCK_N, PAGE, HEAD_DIM, D_PAD,
                 UPCAST, PRECISION, INTERPRET,
             )  # fmt: skip
     else:
@@ -385,16 +404,16 @@ def _shared_prefix_kernel(
                 )  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_parts"])
 def _merge_kernel(
     part_out_ptr, part_lse_ptr, out_ptr,
-    stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, stride_ot, stride_oh, num_heads,
-    NUM_PARTS: tl.constexpr, H_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, stride_ot, stride_oh, num_heads, num_parts,
+    H_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """out[t, h] = sum_p 2^(lse_p - L) O_p, L = log2 sum_p 2^lse_p, for H_BLOCK heads of token t.
 
     Partials with LSE = -inf are never read (their O may be unwritten memory), so uncovered levels and
-    empty splits cost no bandwidth.
+    empty splits cost no bandwidth. The part count is a runtime value: one compiled variant for all.
     """
     t = tl.program_id(0).to(tl.int64)
     offs_h = tl.program_id(1) * H_BLOCK + tl.arange(0, H_BLOCK)
@@ -404,23 +423,43 @@ def _merge_kernel(
     m = tl.full([H_BLOCK], _NEG_BIG, dtype=tl.float32)
     w_sum = tl.zeros([H_BLOCK], dtype=tl.float32)
     acc = tl.zeros([H_BLOCK, D_PAD], dtype=tl.float32)
-    for p in tl.static_range(NUM_PARTS):
-        lse = tl.load(part_lse_ptr + p * stride_lp + t * stride_lt + offs_h * stride_lh, mask=h_ok, other=float("-inf"))
-        live = lse > _NEG_BIG
-        o = tl.load(
-            part_out_ptr + p * stride_pp + t * stride_pt + (offs_h * stride_ph)[:, None] + offs_d[None, :],
-            mask=(live & h_ok)[:, None] & d_ok[None, :],
-            other=0.0,
-        )
-        m_new = tl.maximum(m, lse)
-        alpha = tl.exp2(m - m_new)
-        w = tl.exp2(lse - m_new)
-        acc = acc * alpha[:, None] + w[:, None] * o
-        w_sum = w_sum * alpha + w
-        m = m_new
+    if INTERPRET:  # no range() over a runtime scalar in the interpreter (see _kv_steps)
+        p = 0
+        while p < num_parts:
+            acc, m, w_sum = _merge_part(
+                acc, m, w_sum, p, t, offs_h, offs_d, h_ok, d_ok, part_out_ptr, part_lse_ptr,
+                stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh,
+            )  # fmt: skip
+            p += 1
+    else:
+        for p in range(num_parts):
+            acc, m, w_sum = _merge_part(
+                acc, m, w_sum, p, t, offs_h, offs_d, h_ok, d_ok, part_out_ptr, part_lse_ptr,
+                stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh,
+            )  # fmt: skip
     res = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]  # padded heads: no live partial
     o_ptrs = out_ptr + t * stride_ot + (offs_h * stride_oh)[:, None] + offs_d[None, :]
     tl.store(o_ptrs, res.to(out_ptr.dtype.element_ty), mask=h_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def _merge_part(
+    acc, m, w_sum, p, t, offs_h, offs_d, h_ok, d_ok, part_out_ptr, part_lse_ptr,
+    stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh,
+):  # fmt: skip
+    lse = tl.load(part_lse_ptr + p * stride_lp + t * stride_lt + offs_h * stride_lh, mask=h_ok, other=float("-inf"))
+    live = lse > _NEG_BIG
+    o = tl.load(
+        part_out_ptr + p * stride_pp + t * stride_pt + (offs_h * stride_ph)[:, None] + offs_d[None, :],
+        mask=(live & h_ok)[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    m_new = tl.maximum(m, lse)
+    alpha = tl.exp2(m - m_new)
+    w = tl.exp2(lse - m_new)
+    acc = acc * alpha[:, None] + w[:, None] * o
+    w_sum = w_sum * alpha + w
+    return acc, m_new, w_sum
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,7 +539,6 @@ def _make_plan(
         distinct_work = int((-(-np.maximum(own_kv, 0) // cfg.decode_block_n)).sum()) * num_kv_heads
         splits = _choose_shared_splits(tiles, -(-(kve - kvs) // cfg.shared_block_n), distinct_work, num_kv_heads,
                                        num_sms(device))  # fmt: skip
-        splits = 1 if splits == 1 else (4 if splits <= 4 else 16)  # few split factors = few kernel variants
     num_warps = cfg.num_warps or (8 if max(s_block_m, e_block_m if n_extend_tiles else 0) >= 128 else 4)
     maxnreg = _maxnreg(cfg, num_warps)
 
@@ -591,11 +629,11 @@ def shared_prefix_attention_triton(
         meta.block_tables.stride(0), shared.seg_block_tables.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
-        shared.num_segments, n_shared, n_decode, plan.num_decodes, meta.num_seqs,
+        shared.num_segments, plan.splits, n_shared, n_decode, plan.num_decodes, meta.num_seqs,
     )  # fmt: skip
     constexprs = dict(
         G=group, HKV=num_kv_heads, PAGE=k_cache.shape[1], HEAD_DIM=head_dim, D_PAD=d_pad,
-        S_BLOCK_M=plan.s_block_m, S_BLOCK_Q=plan.s_block_q, S_BLOCK_N=cfg.shared_block_n, S_SPLITS=plan.splits,
+        S_BLOCK_M=plan.s_block_m, S_BLOCK_Q=plan.s_block_q, S_BLOCK_N=cfg.shared_block_n,
         D_BLOCK_M=max(16, next_pow2(group)), D_BLOCK_N=cfg.decode_block_n,
         E_BLOCK_M=plan.e_block_m, E_BLOCK_Q=plan.e_block_q, E_BLOCK_N=cfg.extend_block_n,
         UPCAST=upcast_dot(query.dtype), PRECISION=dot_precision(query.dtype), INTERPRET=is_interpreter(),
@@ -628,8 +666,8 @@ def shared_prefix_attention_triton(
         part_out, part_lse, out,
         part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), part_lse.stride(2),
-        out.stride(0), out.stride(1), num_q_heads,
-        NUM_PARTS=num_parts, H_BLOCK=h_block, HEAD_DIM=head_dim, D_PAD=d_pad, num_warps=4,
+        out.stride(0), out.stride(1), num_q_heads, num_parts,
+        H_BLOCK=h_block, HEAD_DIM=head_dim, D_PAD=d_pad, INTERPRET=is_interpreter(), num_warps=4,
     )  # fmt: skip
     return out
 
