@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device-tool runs of the end-to-end benchmarks (llama-3.1-8b dummy bf16) and the engine check; results in $OUT.
-# usage: bash benchmarks/gpu_suite.sh [micro|noshare|multilevel|check|all]   (one part fits a 10-minute call;
-# each configuration first runs the whole workload untimed, so Triton's JIT compiles before the clock starts)
+# usage: bash benchmarks/gpu_suite.sh [micro|noshare|multilevel|check|all]
+# (the engine compiles its Triton kernel variants at start, before the clock, as vLLM's start-up does)
 export PYTHONUNBUFFERED=1
 M=benchmarks/models/llama-3.1-8b
 B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"

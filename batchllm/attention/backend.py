@@ -26,6 +26,13 @@ class AttentionBackend(Protocol):
         """Write this iteration's key/value ([T, Hkv, D]) to the cache, then attend query [T, Hq, D]."""
         ...
 
+    def precompile(
+        self, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
+        block_size: int,
+    ) -> None:  # fmt: skip
+        """Compile (JIT) every kernel variant a run can need, at engine start rather than mid-run."""
+        ...
+
 
 class ReferenceBackend:
     """Per-sequence PyTorch attention on gathered paged KV: slow, simple, the oracle."""
@@ -35,6 +42,9 @@ class ReferenceBackend:
     def forward(self, query, key, value, k_cache, v_cache, meta, scale):
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         return paged_attention_reference(query, k_cache, v_cache, meta, scale)
+
+    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
+        pass  # plain PyTorch: nothing to compile
 
 
 def get_attention_backend(name: str) -> AttentionBackend:

@@ -7,7 +7,7 @@ import torch
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.attention.reference import write_kv_cache
 from batchllm.attention.triton_paged import paged_attention_triton
-from batchllm.attention.triton_shared_prefix import shared_prefix_attention_triton
+from batchllm.attention.triton_shared_prefix import precompile_shared_prefix_kernels, shared_prefix_attention_triton
 
 
 class TritonBackend:
@@ -37,3 +37,9 @@ class TritonBackend:
         if self.use_shared_prefix_kernel and meta.shared is not None:
             return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
         return paged_attention_triton(query, k_cache, v_cache, meta, scale)
+
+    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
+        # The plain paged kernels are compiled by the runner's profile run (prefill) and CUDA-graph
+        # capture (decode); the fused kernel's variants depend on which groups meet in a batch.
+        if self.use_shared_prefix_kernel:
+            precompile_shared_prefix_kernels(num_q_heads, num_kv_heads, head_dim, dtype, device, block_size)

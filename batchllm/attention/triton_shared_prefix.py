@@ -671,3 +671,26 @@ def shared_prefix_attention_triton(
     )  # fmt: skip
     return out
 
+
+
+def precompile_shared_prefix_kernels(
+    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, block_size: int
+) -> int:
+    """Launch every variant of the fused kernel an engine can hit (2 shared tile heights x decode-only /
+    extend-only / mixed regions) once on tiny batches, so that no batch shape pays a Triton JIT compile
+    (seconds each) in the middle of a run. Returns the number of launches."""
+    from batchllm.attention.shared_prefix_workload import PrefixNode, SeqSpec, make_shared_batch
+
+    group = num_q_heads // num_kv_heads
+    small_members = 2  # rows = 2 * G: the small tile height
+    large_members = max(16, next_pow2(group)) // group + 1  # just over it: the large tile height
+    launches = 0
+    for members in (small_members, large_members):
+        for q_lens in ((1,) * members, (2,) * members, (1,) * (members - 1) + (2,)):
+            nodes = [PrefixNode(-1, 2 * block_size)]
+            seqs = [SeqSpec(0, q + 1, q) for q in q_lens]
+            batch = make_shared_batch(nodes, seqs, num_q_heads, num_kv_heads, head_dim, dtype, device,
+                                      block_size=block_size, poison=False, min_members=2)  # fmt: skip
+            shared_prefix_attention_triton(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
+            launches += 1
+    return launches

@@ -33,10 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
     p.add_argument("--trace-dir", default=None, help="save each run's per-iteration trace here")
     p.add_argument("--out", default=None, help="write all results as JSON")
-    p.add_argument("--warmup-requests", type=int, default=-1,
+    p.add_argument("--warmup-requests", type=int, default=0,
                    help="untimed pass over the first N requests per configuration first (-1: the whole workload, "
-                        "0: none), so Triton's JIT compiles every kernel variant the run needs before the clock "
-                        "starts, as an engine's start-up compile does")
+                        "0: none; the engine compiles its kernel variants at start, so none is needed)")
     return p
 
 

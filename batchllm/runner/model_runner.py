@@ -54,6 +54,7 @@ class ModelRunner:
             if self.num_host_blocks
             else []
         )
+        self._precompile_kernels()
         self.decode_graphs: Optional[DecodeGraphs] = None
         if use_graphs:
             max_batch = config.scheduler.max_num_seqs if config.scheduler.token_batching == "count" else 1024
@@ -61,6 +62,14 @@ class ModelRunner:
                 self.model, self.kv_caches, self.backend, self.block_size,
                 kv_blocks_needed(config.max_model_len, self.block_size), self.num_blocks, config.max_model_len,
                 min(max_batch or 1024, config.scheduler.max_num_batched_tokens, 1024), self.device,
+            )  # fmt: skip
+
+    def _precompile_kernels(self) -> None:
+        if self.device.type == "cuda":
+            arch = self.arch
+            self.backend.precompile(
+                arch.num_heads, arch.num_kv_heads, arch.head_dim, self.config.dtype, self.device,
+                self.block_size,
             )  # fmt: skip
 
     def set_attention_backend(self, name: str) -> None:
@@ -71,6 +80,7 @@ class ModelRunner:
         elif self.decode_graphs is not None:
             self.decode_graphs = None
         self.backend = backend
+        self._precompile_kernels()
 
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"

@@ -28,6 +28,7 @@ from batchllm.attention.shared_prefix_workload import (  # noqa: E402
 from batchllm.attention.triton_shared_prefix import (  # noqa: E402
     _choose_shared_splits,
     _get_plan,
+    precompile_shared_prefix_kernels,
     shared_prefix_attention_triton,
     shared_prefix_config,
 )
@@ -238,6 +239,38 @@ def test_plan_is_cached_and_split_heuristic():
 
     assert _choose_shared_splits(np.array([1]), np.array([32]), 64, 8, 132) > 1
     assert _choose_shared_splits(np.array([2] * 16), np.array([32] * 16), 8192 * 4, 8, 132) == 1
+
+
+# ------------------------------------------------------------------------------ start-up compile
+
+
+def _variant(plan) -> tuple[int, bool, bool]:
+    """What selects a compiled variant of the fused launch (the split count is a runtime value)."""
+    return plan.s_block_m, plan.num_decodes > 0, plan.n_extend_tiles > 0
+
+
+def test_precompile_covers_every_variant_a_batch_can_select(monkeypatch):
+    import batchllm.attention.triton_shared_prefix as tsp
+
+    seen = set()
+    real = tsp._get_plan
+
+    def spy(*args):
+        plan = real(*args)
+        seen.add(_variant(plan))
+        return plan
+
+    monkeypatch.setattr(tsp, "_get_plan", spy)
+    heads, head_dim = (8, 2), 32
+    assert precompile_shared_prefix_kernels(*heads, head_dim, torch.float32, DEVICE, 16) == 6
+    precompiled = set(seen)
+    # Batches an engine produces: groups of many sizes, decodes, suffix prefills, both, and two levels.
+    cfg = shared_prefix_config(*heads, head_dim, torch.float32)
+    for seed, (nodes, seqs) in enumerate([uniform_groups(3, d, 32, 20, q) for d in (2, 3, 16) for q in (1, 7)]
+                                         + [mixed(), two_level()]):
+        b = batch(nodes, seqs, heads=heads, head_dim=head_dim, seed=seed, min_members=2)
+        seen.add(_variant(real(b.meta, cfg, heads[0] // heads[1], heads[1], DEVICE, None)))
+    assert len(precompiled) == 6 and seen <= precompiled, seen - precompiled
 
 
 # ------------------------------------------------------------------------------ backend
