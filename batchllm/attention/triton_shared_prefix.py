@@ -577,6 +577,54 @@ def _get_plan(meta, cfg, group, num_kv_heads, device, splits) -> _Plan:
     return cache[key]
 
 
+@dataclass(frozen=True)
+class DecodeGraphShape:
+    """What a CUDA graph of a pure-decode batch with shared segments fixes, besides its batch size."""
+
+    num_levels: int
+    s_block_m: int
+    splits: int
+
+
+def decode_graph_shape(
+    meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+) -> tuple[DecodeGraphShape, torch.Tensor]:
+    """Shape of the launch the eager path would make for this pure-decode batch, and its segments' tile
+    starts ([S + 1] on the device) for a graph of that shape (`pin_decode_graph_plan`)."""
+    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    plan = _get_plan(meta, cfg, num_q_heads // num_kv_heads, num_kv_heads, meta.query_start_loc.device, None)
+    return DecodeGraphShape(meta.shared.num_levels, plan.s_block_m, plan.splits), plan.seg_tile_start
+
+
+def decode_graph_max_segments(batch_size: int, num_levels: int) -> int:
+    """Segments a pure-decode batch can have: every segment has >= 2 members, a level's are disjoint."""
+    return num_levels * (batch_size // 2)
+
+
+def pin_decode_graph_plan(
+    meta: AttentionMetadata, shape: DecodeGraphShape, seg_tile_start: torch.Tensor,
+    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+) -> None:  # fmt: skip
+    """Fix the launch plan of a CUDA-graph batch: `meta` holds B decode rows and
+    `decode_graph_max_segments(B, L)` segment slots, whose tile starts (one more entry) live in
+    `seg_tile_start`, refilled before every replay; entries past the real segments repeat the real
+    total, so the grid, sized for the most tiles such a batch can have, runs only the real ones."""
+    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    group = num_q_heads // num_kv_heads
+    batch = meta.num_seqs
+    s_block_q = shape.s_block_m // group
+    max_tiles = shape.num_levels * (-(-batch // s_block_q) + batch // 2)
+    e_block_m = max(cfg.extend_block_m, next_pow2(group))
+    num_warps = cfg.num_warps or (8 if shape.s_block_m >= 128 else 4)
+    plan = _Plan(
+        seg_tile_start=seg_tile_start, num_seg_tiles=max_tiles, s_block_m=shape.s_block_m, s_block_q=s_block_q,
+        splits=shape.splits, num_decodes=batch, n_extend_tiles=0, e_block_m=e_block_m, e_block_q=e_block_m // group,
+        num_warps=num_warps, maxnreg=_maxnreg(cfg, num_warps), fully_covered=False,
+    )  # fmt: skip
+    key = (cfg, group, num_kv_heads, str(seg_tile_start.device), None)
+    meta.shared.__dict__.setdefault("_triton_plans", {})[key] = plan
+
+
 def shared_prefix_attention_triton(
     query: torch.Tensor,
     k_cache: torch.Tensor,

@@ -1,9 +1,14 @@
-"""CUDA graphs for pure-decode iterations: one captured forward per bucketed batch size.
+"""CUDA graphs for pure-decode iterations: one captured forward per bucketed batch size and launch shape.
 
 A decode iteration of a big model launches hundreds of small kernels; replaying a graph removes the
 per-launch CPU cost. Batches are padded to the next bucket with dummy sequences that read and write
-only a reserved padding block, so the captured shapes stay fixed. Batches with shared-prefix segments
-run eagerly (their kernel grid depends on the groups present).
+only a reserved padding block, so the captured shapes stay fixed.
+
+Batches whose prefix groups share KV (meta.shared) are graphed too: the fused kernel's grid is sized
+for the most shared tiles a batch of that bucket can have (tiles past the real ones exit at once), and
+the segment tables live in static buffers refilled before each replay. Their graphs are keyed by
+(bucket, levels, tile height, split count) and captured the first time a batch needs them, since which
+shapes occur depends on the workload; plain decode graphs are captured up front.
 """
 
 from __future__ import annotations
@@ -14,11 +19,21 @@ from typing import Optional
 import torch
 
 from batchllm.attention.backend import AttentionBackend
-from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
+from batchllm.attention.triton_shared_prefix import (
+    DecodeGraphShape,
+    decode_graph_max_segments,
+    decode_graph_shape,
+    pin_decode_graph_plan,
+)
 from batchllm.model.decoder import DecoderForCausalLM
 from batchllm.runner.input_batch import ModelInputs
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
+MAX_SHARED_LEVELS = 2  # deeper chains run eagerly
+MAX_SHARED_GRAPHS = 48  # lazily captured shapes; past this, eager (bounds capture time and pool memory)
+
+GraphKey = tuple[int, Optional[DecodeGraphShape]]
 
 
 class DecodeGraphs:
@@ -35,6 +50,8 @@ class DecodeGraphs:
         device: torch.device,
     ) -> None:
         self.model, self.kv_caches, self.backend = model, kv_caches, backend
+        self.dtype = kv_caches[0][0].dtype
+        self.heads = (model.cfg.num_heads, model.cfg.num_kv_heads, model.cfg.head_dim)
         self.buckets = [b for b in DEFAULT_BUCKETS if b <= max_batch] or [1]
         size = self.buckets[-1]
         self.pad_block, self.block_size, self.max_model_len = pad_block, block_size, max_model_len
@@ -45,18 +62,50 @@ class DecodeGraphs:
         self.block_tables = torch.full((size, max_blocks_per_seq), pad_block, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(size + 1, dtype=torch.int32, device=device)
         self.logits_indices = torch.arange(size, dtype=torch.long, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.outputs: dict[int, torch.Tensor] = {}
+        # Every graph copies its logits here, so graphs do not each keep a [bucket, vocab] output alive.
+        self.logits = torch.empty(size, model.cfg.vocab_size, dtype=torch.float32, device=device)
+        # Segment tables of shared batches (allocated with the first shared graph).
+        max_segments = decode_graph_max_segments(size, MAX_SHARED_LEVELS)
+        self._seg_cols: Optional[torch.Tensor] = None  # [5, max_segments]: q_start, q_end, kv_start, kv_end, level
+        self._seg_tile_start: Optional[torch.Tensor] = None  # [max_segments + 1]
+        self._seg_block_tables: Optional[torch.Tensor] = None  # [max_segments, max_blocks_per_seq]
+        self._distinct_kv_start: Optional[torch.Tensor] = None  # [size]
+        self._max_segments = max_segments
+        self.graphs: dict[GraphKey, torch.cuda.CUDAGraph] = {}
         self._pool = None
         for bucket in reversed(self.buckets):  # largest first: smaller graphs reuse its memory pool
-            self._capture(bucket)
+            self._capture((bucket, None))
 
     @property
     def max_batch(self) -> int:
         return self.buckets[-1]
 
-    def _meta(self, bucket: int) -> AttentionMetadata:
-        return AttentionMetadata(
+    @property
+    def num_shared_graphs(self) -> int:
+        return sum(1 for _, shape in self.graphs if shape is not None)
+
+    def _shared_meta(self, bucket: int, shape: DecodeGraphShape) -> SharedPrefixMetadata:
+        if self._seg_cols is None:
+            device = self.input_ids.device
+            self._seg_cols = torch.zeros(5, self._max_segments, dtype=torch.int32, device=device)
+            self._seg_tile_start = torch.zeros(self._max_segments + 1, dtype=torch.int32, device=device)
+            self._seg_block_tables = torch.full_like(self.block_tables[: self._max_segments], self.pad_block)
+            self._distinct_kv_start = torch.zeros(self.max_batch, dtype=torch.int32, device=device)
+        num_segments = decode_graph_max_segments(bucket, shape.num_levels)
+        cols = self._seg_cols[:, :num_segments]
+        host = [0] * num_segments  # only the lengths matter: the pinned plan replaces what the host copies feed
+        return SharedPrefixMetadata(
+            seg_q_start=cols[0], seg_q_end=cols[1], seg_kv_start=cols[2], seg_kv_end=cols[3], seg_level=cols[4],
+            seg_block_tables=self._seg_block_tables[:num_segments],
+            distinct_kv_start=self._distinct_kv_start[:bucket],
+            num_levels=shape.num_levels,
+            seg_q_start_cpu=host, seg_q_end_cpu=host, seg_kv_start_cpu=host, seg_kv_end_cpu=host, seg_level_cpu=host,
+            distinct_kv_start_cpu=[0] * bucket,
+        )  # fmt: skip
+
+    def _meta(self, key: GraphKey) -> AttentionMetadata:
+        bucket, shape = key
+        meta = AttentionMetadata(
             query_start_loc=self.query_start_loc[: bucket + 1],
             seq_lens=self.seq_lens[:bucket],
             block_tables=self.block_tables[:bucket],
@@ -66,53 +115,109 @@ class DecodeGraphs:
             query_start_loc_cpu=list(range(bucket + 1)),
             seq_lens_cpu=[1] * bucket,
         )
+        if shape is not None:
+            meta.shared = self._shared_meta(bucket, shape)
+            tile_start = self._seg_tile_start[: meta.shared.num_segments + 1]
+            pin_decode_graph_plan(meta, shape, tile_start, *self.heads, self.dtype)
+        return meta
 
-    def _forward(self, bucket: int) -> torch.Tensor:
-        return self.model(
-            self.input_ids[:bucket], self.positions[:bucket], self.kv_caches, self._meta(bucket), self.backend,
+    def _forward(self, key: GraphKey, meta: AttentionMetadata) -> None:
+        bucket = key[0]
+        logits = self.model(
+            self.input_ids[:bucket], self.positions[:bucket], self.kv_caches, meta, self.backend,
             self.logits_indices[:bucket],
-        )
+        )  # fmt: skip
+        self.logits[:bucket].copy_(logits)
 
     @torch.inference_mode()
-    def _capture(self, bucket: int) -> None:
+    def _capture(self, key: GraphKey) -> None:
+        meta = self._meta(key)
+        self._reset_padding(0, key[0])
+        if key[1] is not None:
+            self._seg_tile_start.zero_()  # no shared tiles while capturing: rows read only the padding block
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):  # compile Triton kernels and settle allocations outside the capture
-                self._forward(bucket)
+                self._forward(key, meta)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
-            self.outputs[bucket] = self._forward(bucket)
+            self._forward(key, meta)
         self._pool = graph.pool()
-        self.graphs[bucket] = graph
+        self.graphs[key] = graph
 
-    def can_run(self, inputs: ModelInputs) -> bool:
+    def _reset_padding(self, start: int, end: int) -> None:
+        """Rows [start, end) become padding: one token in the padding block, no shared KV."""
+        if end <= start:
+            return
+        self.input_ids[start:end].zero_()
+        self.positions[start:end].zero_()
+        self.slot_mapping[start:end].fill_(self.pad_block * self.block_size)
+        self.seq_lens[start:end].fill_(1)
+        self.block_tables[start:end, 0].fill_(self.pad_block)
+        if self._distinct_kv_start is not None:
+            self._distinct_kv_start[start:end].zero_()
+
+    def _key(self, inputs: ModelInputs) -> Optional[GraphKey]:
+        """The graph that can run this batch (None: run it eagerly)."""
         meta = inputs.meta
-        return (
+        if not (
             meta.max_query_len == 1
-            and meta.shared is None
             and meta.num_seqs <= self.max_batch
             and len(inputs.sampled_chunks) == meta.num_seqs  # a 1-token prefill chunk that samples nothing: eager
             and meta.block_tables.shape[1] <= self.block_tables.shape[1]
-        )
+        ):
+            return None
+        bucket = self.buckets[bisect.bisect_left(self.buckets, meta.num_seqs)]
+        if meta.shared is None:
+            return bucket, None
+        if meta.shared.num_levels > MAX_SHARED_LEVELS:
+            return None
+        shape, _ = decode_graph_shape(meta, *self.heads, self.dtype)
+        key = (bucket, shape)
+        if key not in self.graphs and self.num_shared_graphs >= MAX_SHARED_GRAPHS:
+            return None
+        return key
+
+    def can_run(self, inputs: ModelInputs) -> bool:
+        return self._key(inputs) is not None
 
     @torch.inference_mode()
-    def run(self, inputs: ModelInputs) -> Optional[torch.Tensor]:
-        """Logits of a pure-decode batch by graph replay (every sequence samples)."""
-        n = inputs.meta.num_seqs
-        bucket = self.buckets[bisect.bisect_left(self.buckets, n)]
-        blocks = inputs.meta.block_tables.shape[1]
+    def run(self, inputs: ModelInputs) -> torch.Tensor:
+        """Logits of a pure-decode batch by graph replay (every sequence samples); captures its shape first
+        if no batch needed it before."""
+        key = self._key(inputs)
+        assert key is not None, "can_run() said no"
+        if key not in self.graphs:
+            self._capture(key)
+        meta = inputs.meta
+        n = meta.num_seqs
+        bucket = key[0]
+        blocks = meta.block_tables.shape[1]
         self.input_ids[:n].copy_(inputs.input_ids, non_blocking=True)
         self.positions[:n].copy_(inputs.positions, non_blocking=True)
-        self.slot_mapping[:n].copy_(inputs.meta.slot_mapping, non_blocking=True)
-        self.seq_lens[:n].copy_(inputs.meta.seq_lens, non_blocking=True)
-        self.block_tables[:n, :blocks].copy_(inputs.meta.block_tables, non_blocking=True)
-        if bucket > n:  # padding rows: their one token lives in the padding block
-            self.input_ids[n:bucket].zero_()
-            self.positions[n:bucket].zero_()
-            self.slot_mapping[n:bucket].fill_(self.pad_block * self.block_size)
-            self.seq_lens[n:bucket].fill_(1)
-            self.block_tables[n:bucket, 0].fill_(self.pad_block)
-        self.graphs[bucket].replay()
-        return self.outputs[bucket][:n]
+        self.slot_mapping[:n].copy_(meta.slot_mapping, non_blocking=True)
+        self.seq_lens[:n].copy_(meta.seq_lens, non_blocking=True)
+        self.block_tables[:n, :blocks].copy_(meta.block_tables, non_blocking=True)
+        self._reset_padding(n, bucket)
+        if key[1] is not None:
+            self._load_segments(meta.shared, key, inputs)
+        self.graphs[key].replay()
+        return self.logits[:n]
+
+    def _load_segments(self, shared: SharedPrefixMetadata, key: GraphKey, inputs: ModelInputs) -> None:
+        _, tile_start = decode_graph_shape(inputs.meta, *self.heads, self.dtype)  # the plan cached by _key
+        num = shared.num_segments
+        cols = self._seg_cols
+        for row, tensor in enumerate(
+            (shared.seg_q_start, shared.seg_q_end, shared.seg_kv_start, shared.seg_kv_end, shared.seg_level)
+        ):
+            cols[row, :num].copy_(tensor, non_blocking=True)
+        width = shared.seg_block_tables.shape[1]
+        self._seg_block_tables[:num, :width].copy_(shared.seg_block_tables, non_blocking=True)
+        self._distinct_kv_start[: inputs.meta.num_seqs].copy_(shared.distinct_kv_start, non_blocking=True)
+        slots = decode_graph_max_segments(key[0], key[1].num_levels) + 1
+        self._seg_tile_start[: num + 1].copy_(tile_start, non_blocking=True)
+        # Past the real segments: the real total, so the binary search never picks them and extra tiles exit.
+        self._seg_tile_start[num + 1 : slots].copy_(tile_start[num].expand(slots - num - 1), non_blocking=True)

@@ -75,7 +75,7 @@ class ModelRunner:
     def set_attention_backend(self, name: str) -> None:
         backend = get_attention_backend(name)
         if self.decode_graphs is not None and backend.name.startswith("triton"):
-            # Graphs replay the plain paged decode kernel, which every Triton variant shares.
+            # Captured graphs replay kernels every Triton variant shares; later captures use the new backend.
             self.decode_graphs.backend = backend
         elif self.decode_graphs is not None:
             self.decode_graphs = None

@@ -1,0 +1,50 @@
+"""CUDA graphs of decode iterations, plain and with shared prefix segments (GPU only): same tokens as
+transformers, and the shared-segment batches really replay graphs (captured when first needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from batchllm import LLM, SamplingParams
+from tests.conftest import hf_greedy
+
+pytest.importorskip("triton")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _groups(num_groups: int, members: int, shared_len: int, seed: int) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    prompts = []
+    for _ in range(num_groups):
+        prefix = torch.randint(1, 999, (shared_len,), generator=g).tolist()
+        for _ in range(members):
+            prompts.append(prefix + torch.randint(1, 999, (int(torch.randint(2, 30, (1,), generator=g)),),
+                                                  generator=g).tolist())  # fmt: skip
+    return prompts
+
+
+@pytest.mark.parametrize("multi_level", [False, True])
+def test_shared_decode_graphs_match_transformers(tiny_models, multi_level):
+    path = tiny_models["llama"]
+    prompts = _groups(3, 5, 40, seed=1) + _groups(2, 2, 33, seed=2) + [[7, 8, 9]]
+    if multi_level:  # a system prompt above two documents
+        prompts = [list(range(100, 132)) + p for p in prompts]
+    expected = hf_greedy(path, prompts, 12)
+    llm = LLM(path, device="cuda", dtype="float32", skip_tokenizer_init=True, attention_backend="triton",
+              multi_level=multi_level, min_shared_len=16)
+    graphs = llm.engine.runner.decode_graphs
+    assert graphs is not None and graphs.num_shared_graphs == 0
+    replays = []
+    run = graphs.run
+
+    def counting_run(inputs):
+        replays.append(inputs.meta.shared is not None)
+        return run(inputs)
+
+    graphs.run = counting_run
+    outs = llm.generate([{"prompt_token_ids": p} for p in prompts], SamplingParams(temperature=0, max_tokens=12),
+                        use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in outs] == expected
+    assert any(replays), "no shared-segment decode batch ran as a graph"
+    assert graphs.num_shared_graphs >= 1
