@@ -6,6 +6,7 @@ import torch
 
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.attention.reference import write_kv_cache
+from batchllm.attention import triton_paged, triton_shared_prefix
 from batchllm.attention.triton_paged import paged_attention_triton
 from batchllm.attention.triton_shared_prefix import precompile_shared_prefix_kernels, shared_prefix_attention_triton
 
@@ -43,3 +44,11 @@ class TritonBackend:
         # capture (decode); the fused kernel's variants depend on which groups meet in a batch.
         if self.use_shared_prefix_kernel:
             precompile_shared_prefix_kernels(num_q_heads, num_kv_heads, head_dim, dtype, device, block_size)
+
+
+def compiled_kernel_variants() -> int:
+    """Compiled variants of the attention kernels so far in this process (0 in the interpreter): a
+    growing count during a timed run means Triton JIT-compiled there."""
+    kernels = (triton_paged._paged_attn_kernel, triton_paged._merge_splits_kernel,
+               triton_shared_prefix._shared_prefix_kernel, triton_shared_prefix._merge_kernel)  # fmt: skip
+    return sum(len(caches[0]) for k in kernels for caches in getattr(k, "device_caches", {}).values())

@@ -192,7 +192,8 @@ def _find_seq(qsl_ptr, seq_begin, seq_end, base, pid, BLOCK_Q: tl.constexpr):
     return lo - 1
 
 
-@triton.jit(do_not_specialize=["seq_begin", "seq_end"])
+# Block-table widths follow the batch: unspecialised, so divisibility by 16 does not pick a new variant.
+@triton.jit(do_not_specialize=["seq_begin", "seq_end", "stride_bt"])
 def _paged_attn_kernel(
     q_ptr,
     k_cache,

@@ -350,8 +350,10 @@ def _distinct_tile(
         )  # fmt: skip
 
 
+# Batch-dependent scalars and block-table widths are unspecialised: no value (== 1, divisible by 16)
+# selects another compiled variant in the middle of a run.
 @triton.jit(do_not_specialize=["num_segments", "splits", "n_shared", "n_decode", "num_decodes", "num_seqs",
-                               "pid_base", "distinct_slot"])  # fmt: skip
+                               "pid_base", "distinct_slot", "stride_bt", "stride_sbt"])  # fmt: skip
 def _shared_prefix_kernel(
     q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
     qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,

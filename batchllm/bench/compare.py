@@ -39,6 +39,7 @@ class RunResult:
     peak_kv_blocks: int
     preemptions: int
     prefix_groups: int
+    jit_compiles: int  # attention kernel variants Triton compiled during the timed run (should be 0)
 
     @property
     def total_tokens_per_s(self) -> float:
@@ -54,6 +55,14 @@ class RunResult:
                 "prompt_tokens_per_s": self.prompt_tokens / self.seconds}
 
 
+def _compiled_variants(on_gpu: bool) -> int:
+    if not on_gpu:  # CPU runs use the reference attention: nothing is compiled
+        return 0
+    from batchllm.attention.triton_backend import compiled_kernel_variants
+
+    return compiled_kernel_variants()
+
+
 def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str] = None) -> RunResult:
     """Time one workload (prefix analysis and scheduling included) under configuration `name`."""
     if name not in CONFIGS:
@@ -63,6 +72,7 @@ def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str
     llm.set_scheduling(scheduling, attention_backend=backend if on_gpu else None, **options)
     prompts = [{"prompt_token_ids": p} for p in workload.prompts]
     params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in workload.max_tokens]
+    compiled_before = _compiled_variants(on_gpu)
     if on_gpu:
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -90,6 +100,7 @@ def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str
         peak_kv_blocks=int(trace.column("kv_blocks_used").max()) if len(trace) else 0,
         preemptions=counters.preemptions,
         prefix_groups=counters.prefix_groups,
+        jit_compiles=_compiled_variants(on_gpu) - compiled_before,
     )
 
 
@@ -106,6 +117,7 @@ def run_transformers_baseline(
     generation = GenerationConfig(max_new_tokens=max(subset.max_tokens), do_sample=False, eos_token_id=None,
                                   pad_token_id=0)
     on_gpu = device.startswith("cuda")
+    compiled_before = _compiled_variants(on_gpu)
     if on_gpu:
         torch.cuda.synchronize()
     start = time.perf_counter()

@@ -33,6 +33,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
     p.add_argument("--trace-dir", default=None, help="save each run's per-iteration trace here")
     p.add_argument("--out", default=None, help="write all results as JSON")
+    p.add_argument("--peer-results", default=None,
+                   help="JSON lines of a peer engine timed on the same workload file in the same lease (as "
+                        "run_vllm.py prints them); the line for this workload joins the table")
     p.add_argument("--warmup-requests", type=int, default=0,
                    help="untimed pass over the first N requests per configuration first (-1: the whole workload, "
                         "0: none; the engine compiles its kernel variants at start, so none is needed)")
@@ -90,15 +93,38 @@ def run(args: argparse.Namespace) -> int:
         hf_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         hf = run_transformers_baseline(args.model, workload, hf_dtype, args.hf_requests, device=str(device))
         print(json.dumps(hf), flush=True)
+    peers = _peer_rows(args.peer_results, workload) if args.peer_results else []
     rates = measure_device_rates(device)
     floor = workload_floor(workload, arch, rates, block_size=16)
-    _print_table(workload, results, hf, floor, rates, device)
+    _print_table(workload, results + peers, hf, floor, rates, device)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"workload": workload.name, "requests": len(workload.prompts), "results": results,
+            json.dump({"workload": workload.name, "requests": len(workload.prompts), "results": results, "peers": peers,
                        "transformers": hf, "floor": floor.__dict__, "rates": rates.__dict__,
                        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}, f, indent=2)
     return 0
+
+
+def _peer_rows(path: str, workload) -> list[dict]:
+    """Rows of a peer's JSON lines whose workload file is this run's and whose token counts match it."""
+    rows = []
+    names = {os.path.basename(workload.name), os.path.basename(workload.name) + ".jsonl"}
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line.startswith("{"):
+                continue
+            rec = json.loads(line)
+            if rec.get("workload") not in names or "seconds" not in rec:
+                continue
+            if (rec["prompt_tokens"], rec["output_tokens"]) != (workload.prompt_tokens, workload.output_tokens):
+                print(f"warning: peer line for {rec['workload']} has other token counts; left out", file=sys.stderr)
+                continue
+            rows.append({"config": rec.get("peer", "peer"), "workload": rec["workload"], "requests": rec["requests"],
+                         "seconds": rec["seconds"], "prompt_tokens": rec["prompt_tokens"],
+                         "output_tokens": rec["output_tokens"],
+                         "total_tokens_per_s": (rec["prompt_tokens"] + rec["output_tokens"]) / rec["seconds"]})
+    return rows
 
 
 def _print_table(workload, results, hf, floor, rates, device) -> None:
@@ -106,7 +132,7 @@ def _print_table(workload, results, hf, floor, rates, device) -> None:
     print(f"\n{workload.name}: {len(workload.prompts)} requests, {workload.prompt_tokens} prompt + "
           f"{workload.output_tokens} output tokens; device {device}")
     print(f"{'config':<22}{'seconds':>9}{'req/s':>8}{'tok/s':>10}{'out tok/s':>10}{'vs ' + base['config'][:10]:>14}"
-          f"{'reuse':>7}{'iters':>7}{'tok/it':>8}{'peakKV':>8}{'preempt':>8}{'% floor':>8}")
+          f"{'reuse':>7}{'iters':>7}{'tok/it':>8}{'peakKV':>8}{'preempt':>8}{'% floor':>8}{'jit':>5}")
     rows = results + ([hf] if hf else [])
     for r in rows:
         ratio = r["total_tokens_per_s"] / base["total_tokens_per_s"]
@@ -115,7 +141,7 @@ def _print_table(workload, results, hf, floor, rates, device) -> None:
               f"{r['total_tokens_per_s']:>10.0f}{r['output_tokens'] / r['seconds']:>10.0f}{ratio:>14.2f}"
               f"{r.get('reuse_ratio', float('nan')):>7.3f}{r.get('iterations', 0):>7}"
               f"{r.get('mean_tokens_per_iteration', 0):>8.0f}{r.get('peak_kv_blocks', 0):>8}{r.get('preemptions', 0):>8}"
-              f"{pct:>8.1f}")
+              f"{pct:>8.1f}{r.get('jit_compiles', 0):>5}")
     print(f"floor: {floor.flops / 1e12:.1f} TFLOP over {rates.matmul_flops_per_s / 1e12:.0f} TFLOP/s = "
           f"{floor.compute_s:.2f} s; {floor.bytes / 1e9:.1f} GB over {rates.copy_bytes_per_s / 1e9:.0f} GB/s = "
           f"{floor.memory_s:.2f} s")

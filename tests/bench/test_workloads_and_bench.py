@@ -52,6 +52,30 @@ def test_bench_cli_compares_configs(tmp_path, capsys):
     assert (tmp_path / "trace_batchllm.json").exists()
 
 
+def test_bench_table_takes_the_peer_line_of_the_same_workload_file(tmp_path, capsys):
+    workload = make_workload("micro-32-8-2-2", 8, vocab=1000, seed=0)
+    path = tmp_path / "w.jsonl"
+    workload.write_jsonl(str(path))
+    peer = tmp_path / "vllm.jsonl"
+    lines = [
+        {"peer": "vllm", "engine_start_s": 1.0},
+        {"peer": "vllm 0.26.0", "workload": "w.jsonl", "requests": 8, "seconds": 2.0,
+         "prompt_tokens": workload.prompt_tokens, "output_tokens": workload.output_tokens},
+        {"peer": "vllm 0.26.0", "workload": "other.jsonl", "requests": 8, "seconds": 1.0,
+         "prompt_tokens": workload.prompt_tokens, "output_tokens": workload.output_tokens},
+        {"peer": "vllm 0.26.0", "workload": "w.jsonl", "requests": 8, "seconds": 1.0,
+         "prompt_tokens": workload.prompt_tokens + 1, "output_tokens": workload.output_tokens},
+    ]
+    peer.write_text("not json\n" + "\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "r.json"
+    assert main(["bench", "--input", str(path), "--model", TINY, "--load-format", "dummy", "--out", str(out),
+                 "--peer-results", str(peer)]) == 0
+    peers = json.loads(out.read_text())["peers"]
+    assert [(p["config"], p["seconds"]) for p in peers] == [("vllm 0.26.0", 2.0)]
+    captured = capsys.readouterr()
+    assert "vllm 0.26.0" in captured.out and "other token counts" in captured.err
+
+
 def test_floor_counts_prefix_reuse():
     from batchllm.bench.roofline import DeviceRates, workload_floor
     from batchllm.model.arch_config import load_arch_config
