@@ -51,11 +51,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, positions, hidden, kv_cache, meta, backend):
-        residual = hidden
-        hidden = residual + self.self_attn(positions, self.input_layernorm(hidden), kv_cache, meta, backend)
-        residual = hidden
-        return residual + self.mlp(self.post_attention_layernorm(hidden))
+    def forward(self, positions, hidden, residual, kv_cache, meta, backend):
+        """(MLP output, residual stream); the caller adds them (fused into the next layer's first norm)."""
+        if residual is None:
+            residual = hidden
+            hidden = self.input_layernorm(hidden)
+        else:
+            hidden, residual = self.input_layernorm(hidden, residual)
+        hidden = self.self_attn(positions, hidden, kv_cache, meta, backend)
+        hidden, residual = self.post_attention_layernorm(hidden, residual)
+        return self.mlp(hidden), residual
 
 
 class DecoderForCausalLM(nn.Module):
@@ -84,8 +89,8 @@ class DecoderForCausalLM(nn.Module):
         backend: AttentionBackend,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids)
+        hidden, residual = self.embed_tokens(input_ids), None
         for layer, kv_cache in zip(self.layers, kv_caches):
-            hidden = layer(positions, hidden, kv_cache, meta, backend)
-        hidden = self.norm(hidden[logits_indices])
+            hidden, residual = layer(positions, hidden, residual, kv_cache, meta, backend)
+        hidden, _ = self.norm(hidden[logits_indices], residual[logits_indices])
         return torch.matmul(hidden, self.lm_head_weight().t()).float()

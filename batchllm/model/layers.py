@@ -9,13 +9,31 @@ import torch
 from torch import nn
 
 
+def use_fused_kernels(x: torch.Tensor) -> bool:
+    """The fused Triton kernels of triton_ops.py serve CUDA tensors; elsewhere (CPU, the oracle tests)
+    the PyTorch ops below, in transformers' op order, run."""
+    return x.is_cuda
+
+
 class RMSNorm(nn.Module):
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
+        """norm(x); with a residual, (norm(x + residual), x + residual) (the residual stream updated)."""
+        if use_fused_kernels(x):
+            from batchllm.model.triton_ops import rms_norm
+
+            out = rms_norm(x, self.weight, self.eps, residual)  # updates `residual` in place
+            return out if residual is None else (out, residual)
+        if residual is None:
+            return self._norm(x)
+        total = x + residual
+        return self._norm(total), total
+
+    def _norm(self, x: torch.Tensor) -> torch.Tensor:
         # Same op order as transformers (normalise in fp32, cast back, then scale) so fp32 outputs match bitwise-close.
         dtype = x.dtype
         h = x.to(torch.float32)
@@ -55,7 +73,12 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("sin_cache", emb.sin(), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rotate q [T, Hq, D] and k [T, Hkv, D] by their token positions [T]."""
+        """Rotate q [T, Hq, D] and k [T, Hkv, D] by their token positions [T] (in place on CUDA)."""
+        if use_fused_kernels(q):
+            from batchllm.model.triton_ops import rotary_embedding_
+
+            rotary_embedding_(positions, q, k, self.cos_cache, self.sin_cache)
+            return q, k
         cos = self.cos_cache[positions].to(q.dtype).unsqueeze(1)
         sin = self.sin_cache[positions].to(q.dtype).unsqueeze(1)
         return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
@@ -76,5 +99,10 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if use_fused_kernels(gate_up):
+            from batchllm.model.triton_ops import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.split(self.intermediate, dim=-1)
         return self.down_proj(nn.functional.silu(gate) * up)
