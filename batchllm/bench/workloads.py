@@ -8,6 +8,7 @@ noshare, skewed. Token ids are random within the vocabulary; the order of reques
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 
@@ -45,7 +46,7 @@ def read_workload_jsonl(path: str) -> Workload:
                 raise ValueError(f"{path}:{line_number}: a workload line needs prompt_token_ids")
             prompts.append(record["prompt_token_ids"])
             max_tokens.append(int(record.get("max_tokens", 16)))
-    return Workload(path, prompts, max_tokens)
+    return Workload(os.path.splitext(os.path.basename(path))[0], prompts, max_tokens)
 
 
 def _tokens(rng: np.random.Generator, n: int, vocab: int) -> list[int]:

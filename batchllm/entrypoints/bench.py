@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 def _peer_rows(path: str, workload) -> list[dict]:
     """Rows of a peer's JSON lines whose workload file is this run's and whose token counts match it."""
     rows = []
-    names = {os.path.basename(workload.name), os.path.basename(workload.name) + ".jsonl"}
+    names = {workload.name, workload.name + ".jsonl"}  # a file's workload is named after it
     with open(path) as f:
         for line in f:
             line = line.strip()

@@ -32,7 +32,7 @@ def test_shared_decode_graphs_match_transformers(tiny_models, multi_level):
         prompts = [list(range(100, 132)) + p for p in prompts]
     expected = hf_greedy(path, prompts, 12)
     llm = LLM(path, device="cuda", dtype="float32", skip_tokenizer_init=True, attention_backend="triton",
-              multi_level=multi_level, min_shared_len=16)
+              multi_level=multi_level, min_shared_len=16, num_kv_blocks=256)
     graphs = llm.engine.runner.decode_graphs
     assert graphs is not None and graphs.num_shared_graphs == 0
     replays = []
