@@ -589,13 +589,34 @@ class DecodeGraphShape:
 
 
 def decode_graph_shape(
-    meta: AttentionMetadata, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
-) -> tuple[DecodeGraphShape, torch.Tensor]:
-    """Shape of the launch the eager path would make for this pure-decode batch, and its segments' tile
-    starts ([S + 1] on the device) for a graph of that shape (`pin_decode_graph_plan`)."""
+    batch_size: int, num_levels: int, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    device: torch.device,
+) -> DecodeGraphShape:  # fmt: skip
+    """Launch shape of a CUDA graph of `batch_size` decode rows with `num_levels` levels of segments.
+
+    Fixed per batch size, so one graph per (bucket, levels) serves every grouping (no capture in the
+    middle of a run): the large tile height, and split-K only where the shared programs of a full
+    bucket grouped into whole tiles would leave SMs idle."""
     cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
-    plan = _get_plan(meta, cfg, num_q_heads // num_kv_heads, num_kv_heads, meta.query_start_loc.device, None)
-    return DecodeGraphShape(meta.shared.num_levels, plan.s_block_m, plan.splits), plan.seg_tile_start
+    group = num_q_heads // num_kv_heads
+    s_block_m = max(16, next_pow2(group), cfg.shared_block_m)
+    programs = cdiv(batch_size, s_block_m // group) * num_kv_heads
+    splits = 1
+    while splits < 16 and programs * splits * 2 <= num_sms(device):
+        splits *= 2
+    return DecodeGraphShape(num_levels, s_block_m, splits)
+
+
+def decode_graph_tile_starts(
+    shared: SharedPrefixMetadata, shape: DecodeGraphShape, group: int, num_slots: int, device: torch.device
+) -> torch.Tensor:
+    """First shared tile of each segment for a graph of `shape` with `num_slots` segment slots, then the
+    real total repeated up to index num_slots (which the kernel reads as the tile count): [num_slots + 1]."""
+    q_tokens = np.asarray(shared.seg_q_end_cpu, dtype=np.int64) - np.asarray(shared.seg_q_start_cpu, dtype=np.int64)
+    starts = np.zeros(num_slots + 1, dtype=np.int32)
+    np.cumsum(-(-q_tokens // (shape.s_block_m // group)), out=starts[1 : len(q_tokens) + 1])
+    starts[len(q_tokens) + 1 :] = starts[len(q_tokens)]
+    return torch.from_numpy(starts).to(device, non_blocking=True)
 
 
 def decode_graph_max_segments(batch_size: int, num_levels: int) -> int:

@@ -5,10 +5,11 @@ per-launch CPU cost. Batches are padded to the next bucket with dummy sequences 
 only a reserved padding block, so the captured shapes stay fixed.
 
 Batches whose prefix groups share KV (meta.shared) are graphed too: the fused kernel's grid is sized
-for the most shared tiles a batch of that bucket can have (tiles past the real ones exit at once), and
-the segment tables live in static buffers refilled before each replay. Their graphs are keyed by
-(bucket, levels, tile height, split count) and captured the first time a batch needs them, since which
-shapes occur depends on the workload; plain decode graphs are captured up front.
+for the most shared tiles a batch of that bucket can have (tiles past the real ones exit at once), its
+tile height and split count are fixed per bucket, and the segment tables live in static buffers
+refilled before each replay. So one graph per (bucket, levels) serves every grouping: one-level graphs
+are captured up front with the plain ones (when the backend shares prefixes), deeper ones when a batch
+first needs them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from batchllm.attention.triton_shared_prefix import (
     DecodeGraphShape,
     decode_graph_max_segments,
     decode_graph_shape,
+    decode_graph_tile_starts,
     pin_decode_graph_plan,
 )
 from batchllm.model.decoder import DecoderForCausalLM
@@ -31,7 +33,6 @@ from batchllm.runner.input_batch import ModelInputs
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
 MAX_SHARED_LEVELS = 2  # deeper chains run eagerly
-MAX_SHARED_GRAPHS = 48  # lazily captured shapes; past this, eager (bounds capture time and pool memory)
 
 GraphKey = tuple[int, Optional[DecodeGraphShape]]
 
@@ -51,6 +52,7 @@ class DecodeGraphs:
     ) -> None:
         self.model, self.kv_caches, self.backend = model, kv_caches, backend
         self.dtype = kv_caches[0][0].dtype
+        self.device = device
         self.heads = (model.cfg.num_heads, model.cfg.num_kv_heads, model.cfg.head_dim)
         self.buckets = [b for b in DEFAULT_BUCKETS if b <= max_batch] or [1]
         size = self.buckets[-1]
@@ -75,6 +77,18 @@ class DecodeGraphs:
         self._pool = None
         for bucket in reversed(self.buckets):  # largest first: smaller graphs reuse its memory pool
             self._capture((bucket, None))
+        self.capture_shared_graphs()
+
+    def capture_shared_graphs(self) -> None:
+        """Capture the one-level shared-segment graph of every bucket, if the backend shares prefixes."""
+        if getattr(self.backend, "uses_shared_prefix", False):
+            for bucket in reversed(self.buckets[1:]):  # a segment needs two rows
+                key = self._shared_key(bucket, 1)
+                if key not in self.graphs:
+                    self._capture(key)
+
+    def _shared_key(self, bucket: int, num_levels: int) -> GraphKey:
+        return bucket, decode_graph_shape(bucket, num_levels, *self.heads, self.dtype, self.device)
 
     @property
     def max_batch(self) -> int:
@@ -86,7 +100,7 @@ class DecodeGraphs:
 
     def _shared_meta(self, bucket: int, shape: DecodeGraphShape) -> SharedPrefixMetadata:
         if self._seg_cols is None:
-            device = self.input_ids.device
+            device = self.device
             self._seg_cols = torch.zeros(5, self._max_segments, dtype=torch.int32, device=device)
             self._seg_tile_start = torch.zeros(self._max_segments + 1, dtype=torch.int32, device=device)
             self._seg_block_tables = torch.full_like(self.block_tables[: self._max_segments], self.pad_block)
@@ -174,11 +188,7 @@ class DecodeGraphs:
             return bucket, None
         if meta.shared.num_levels > MAX_SHARED_LEVELS:
             return None
-        shape, _ = decode_graph_shape(meta, *self.heads, self.dtype)
-        key = (bucket, shape)
-        if key not in self.graphs and self.num_shared_graphs >= MAX_SHARED_GRAPHS:
-            return None
-        return key
+        return self._shared_key(bucket, meta.shared.num_levels)
 
     def can_run(self, inputs: ModelInputs) -> bool:
         return self._key(inputs) is not None
@@ -202,12 +212,15 @@ class DecodeGraphs:
         self.block_tables[:n, :blocks].copy_(meta.block_tables, non_blocking=True)
         self._reset_padding(n, bucket)
         if key[1] is not None:
-            self._load_segments(meta.shared, key, inputs)
+            self._load_segments(meta.shared, key, n)
         self.graphs[key].replay()
         return self.logits[:n]
 
-    def _load_segments(self, shared: SharedPrefixMetadata, key: GraphKey, inputs: ModelInputs) -> None:
-        _, tile_start = decode_graph_shape(inputs.meta, *self.heads, self.dtype)  # the plan cached by _key
+    def _load_segments(self, shared: SharedPrefixMetadata, key: GraphKey, num_seqs: int) -> None:
+        bucket, shape = key
+        slots = decode_graph_max_segments(bucket, shape.num_levels)
+        group = self.heads[0] // self.heads[1]
+        self._seg_tile_start[: slots + 1].copy_(decode_graph_tile_starts(shared, shape, group, slots, self.device))
         num = shared.num_segments
         cols = self._seg_cols
         for row, tensor in enumerate(
@@ -216,8 +229,4 @@ class DecodeGraphs:
             cols[row, :num].copy_(tensor, non_blocking=True)
         width = shared.seg_block_tables.shape[1]
         self._seg_block_tables[:num, :width].copy_(shared.seg_block_tables, non_blocking=True)
-        self._distinct_kv_start[: inputs.meta.num_seqs].copy_(shared.distinct_kv_start, non_blocking=True)
-        slots = decode_graph_max_segments(key[0], key[1].num_levels) + 1
-        self._seg_tile_start[: num + 1].copy_(tile_start, non_blocking=True)
-        # Past the real segments: the real total, so the binary search never picks them and extra tiles exit.
-        self._seg_tile_start[num + 1 : slots].copy_(tile_start[num].expand(slots - num - 1), non_blocking=True)
+        self._distinct_kv_start[:num_seqs].copy_(shared.distinct_kv_start, non_blocking=True)

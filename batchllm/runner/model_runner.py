@@ -77,6 +77,7 @@ class ModelRunner:
         if self.decode_graphs is not None and backend.name.startswith("triton"):
             # Captured graphs replay kernels every Triton variant shares; later captures use the new backend.
             self.decode_graphs.backend = backend
+            self.decode_graphs.capture_shared_graphs()
         elif self.decode_graphs is not None:
             self.decode_graphs = None
         self.backend = backend

@@ -30,6 +30,7 @@ from batchllm.attention.triton_shared_prefix import (  # noqa: E402
     _get_plan,
     decode_graph_max_segments,
     decode_graph_shape,
+    decode_graph_tile_starts,
     pin_decode_graph_plan,
     precompile_shared_prefix_kernels,
     shared_prefix_attention_triton,
@@ -285,9 +286,10 @@ def _padded_graph_batch(b: SharedBatch, bucket: int, num_levels: int):
     from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
 
     shared, n = b.meta.shared, b.meta.num_seqs
-    shape, tile_start = decode_graph_shape(b.meta, *b.query.shape[1:2], b.k_cache.shape[2], b.query.shape[2],
-                                           b.query.dtype)  # fmt: skip
+    heads = (b.query.shape[1], b.k_cache.shape[2], b.query.shape[2])
+    shape = decode_graph_shape(bucket, num_levels, *heads, b.query.dtype, DEVICE)
     slots = decode_graph_max_segments(bucket, num_levels)
+    starts = decode_graph_tile_starts(shared, shape, heads[0] // heads[1], slots, DEVICE)
     num = shared.num_segments
     cols = torch.zeros(5, slots, dtype=torch.int32, device=DEVICE)
     for row, t in enumerate((shared.seg_q_start, shared.seg_q_end, shared.seg_kv_start, shared.seg_kv_end,
@@ -295,8 +297,6 @@ def _padded_graph_batch(b: SharedBatch, bucket: int, num_levels: int):
         cols[row, :num] = t
     tables = torch.zeros(slots, shared.seg_block_tables.shape[1], dtype=torch.int32, device=DEVICE)
     tables[:num] = shared.seg_block_tables
-    starts = torch.full((slots + 1,), int(tile_start[num]), dtype=torch.int32, device=DEVICE)
-    starts[: num + 1] = tile_start
     pad = bucket - n
     block_tables = torch.zeros(bucket, b.meta.block_tables.shape[1], dtype=torch.int32, device=DEVICE)
     block_tables[:n] = b.meta.block_tables
@@ -312,9 +312,9 @@ def _padded_graph_batch(b: SharedBatch, bucket: int, num_levels: int):
             num_levels, host, host, host, host, host, [0] * bucket,
         ),
     )  # fmt: skip
-    pin_decode_graph_plan(meta, shape, starts, b.query.shape[1], b.k_cache.shape[2], b.query.shape[2], b.query.dtype)
+    pin_decode_graph_plan(meta, shape, starts, *heads, b.query.dtype)
     query = torch.cat([b.query, torch.randn(pad, *b.query.shape[1:], device=DEVICE).to(b.query.dtype)])
-    return query, meta
+    return query, meta, shape
 
 
 @pytest.mark.parametrize("degrees", [(2, 3, 5), (16, 2), (9,)])
@@ -325,11 +325,19 @@ def test_kernel_on_a_cuda_graph_launch_shape(degrees):
     b = batch(nodes, seqs, heads=(8, 2), seed=len(degrees), min_members=2)
     b.k_cache[0], b.v_cache[0] = 0.5, 0.25  # the padding block holds finite KV, as the engine's does
     n = b.meta.num_seqs
-    query, meta = _padded_graph_batch(b, bucket=next_pow2_at_least(n + 3), num_levels=1)
+    query, meta, shape = _padded_graph_batch(b, bucket=next_pow2_at_least(n + 3), num_levels=1)
+    assert shape.splits == (1 if n > 16 else 2)  # rule below, with the CPU stand-in's 4 SMs
     out = torch.full_like(query, float("nan"))
     shared_prefix_attention_triton(query, b.k_cache, b.v_cache, meta, b.scale, out=out)
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out[:n].float(), reference(b), atol=ATOL[b.query.dtype], rtol=RTOL[b.query.dtype])
+
+
+def test_graph_shape_splits_only_small_buckets():
+    shape = decode_graph_shape(1024, 2, 32, 8, 128, torch.bfloat16, DEVICE)
+    assert (shape.num_levels, shape.s_block_m, shape.splits) == (2, 64, 1)
+    # CPU stand-in: 4 SMs; 2 rows -> one tile per KV head (2 programs): split until 2 x programs > SMs
+    assert decode_graph_shape(2, 1, 8, 2, 32, torch.float32, DEVICE).splits == (2 if not CUDA else 16)
 
 
 def next_pow2_at_least(n: int) -> int:

@@ -34,7 +34,7 @@ def test_shared_decode_graphs_match_transformers(tiny_models, multi_level):
     llm = LLM(path, device="cuda", dtype="float32", skip_tokenizer_init=True, attention_backend="triton",
               multi_level=multi_level, min_shared_len=16, num_kv_blocks=256)
     graphs = llm.engine.runner.decode_graphs
-    assert graphs is not None and graphs.num_shared_graphs == 0
+    assert graphs is not None and graphs.num_shared_graphs == len(graphs.buckets) - 1  # one level: up front
     replays = []
     run = graphs.run
 
@@ -47,4 +47,5 @@ def test_shared_decode_graphs_match_transformers(tiny_models, multi_level):
                         use_tqdm=False)
     assert [o.outputs[0].token_ids for o in outs] == expected
     assert any(replays), "no shared-segment decode batch ran as a graph"
-    assert graphs.num_shared_graphs >= 1
+    if multi_level:  # two-level graphs are captured when a batch first needs one
+        assert graphs.num_shared_graphs > len(graphs.buckets) - 1
