@@ -326,7 +326,8 @@ def test_kernel_on_a_cuda_graph_launch_shape(degrees):
     b.k_cache[0], b.v_cache[0] = 0.5, 0.25  # the padding block holds finite KV, as the engine's does
     n = b.meta.num_seqs
     query, meta, shape = _padded_graph_batch(b, bucket=next_pow2_at_least(n + 3), num_levels=1)
-    assert shape.splits == (1 if n > 16 else 2)  # rule below, with the CPU stand-in's 4 SMs
+    if not CUDA:  # the CPU stand-in has 4 SMs: the small buckets split (the rule is tested below)
+        assert shape.splits == (1 if n > 16 else 2)
     out = torch.full_like(query, float("nan"))
     shared_prefix_attention_triton(query, b.k_cache, b.v_cache, meta, b.scale, out=out)
     assert not torch.isnan(out).any()
