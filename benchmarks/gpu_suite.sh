@@ -1,27 +1,36 @@
 #!/usr/bin/env bash
-# Device-tool runs of the end-to-end benchmarks (llama-3.1-8b dummy bf16) and the engine check; results in $OUT.
-# usage: bash benchmarks/gpu_suite.sh [micro|noshare|multilevel|check|all]
-# (the engine compiles its Triton kernel variants at start, before the clock, as vLLM's start-up does)
+# Device-tool run of the end-to-end table (issue 6): llama-3.1-8b dummy bf16, micro / multilevel / noshare,
+# BatchLLM against our vllm-like baseline, plus vLLM's numbers for the same files when they are there.
+# usage: bash benchmarks/gpu_suite.sh [micro|multilevel|noshare|check|all]     (all: about 4 minutes)
+#
+# vLLM in the same lease (see ../shared/peers/README.md for carrying its wheels into /root/site first):
+#   bash benchmarks/gpu_suite.sh files        # writes the workload files to $W (default /root/w)
+#   PYTHONPATH=/root/site python3 .peer/tools/run_vllm.py benchmarks/models/llama-3.1-8b $W/*.jsonl | tee $W/vllm.jsonl
+#   bash benchmarks/gpu_suite.sh all          # our engine on the same files; vLLM's lines join each table
+# The engine compiles its Triton kernel variants and captures its CUDA graphs at start, before the clock.
 export PYTHONUNBUFFERED=1
 M=benchmarks/models/llama-3.1-8b
-B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
+W=${W:-/root/w}
 OUT=${OUT:-out}
-mkdir -p $OUT/tr
+mkdir -p $OUT $W
 part=${1:-all}
+declare -A REQUESTS=([micro-2000-200-16-100]=1024 [multilevel]=512 [noshare]=512)
+for name in "${!REQUESTS[@]}"; do
+  [[ -f $W/$name.jsonl ]] || python3 benchmarks/workloads.py $name --requests ${REQUESTS[$name]} -o $W/$name.jsonl
+done
+[[ $part == files ]] && exit 0
+peer=(); [[ -f $W/vllm.jsonl ]] && peer=(--peer-results $W/vllm.jsonl)
+B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
 {
-  if [[ $part == micro || $part == all ]]; then
-    timeout 400 $B --workload micro-2000-200-16-100 --requests 1024 --compare batchllm,vllm-like,+prefix-clustering \
-        --out $OUT/micro.json --trace-dir $OUT/tr 2>&1 | grep -v "it/s" | tail -8
-  fi
-  if [[ $part == check || $part == all ]]; then
+  for name in micro-2000-200-16-100 multilevel noshare; do
+    short=${name%%-*}
+    if [[ $part == $short || $part == all ]]; then
+      mkdir -p $OUT/tr_$short
+      timeout 200 $B --input $W/$name.jsonl --compare batchllm,vllm-like "${peer[@]}" --out $OUT/$short.json \
+          --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -6
+    fi
+  done
+  if [[ $part == check ]]; then
     timeout 200 python3 benchmarks/gpu_engine_check.py --out $OUT 2>&1 | grep -v "it/s" | tail -12
-  fi
-  if [[ $part == noshare || $part == all ]]; then
-    timeout 400 $B --workload noshare --requests 512 --compare batchllm,vllm-like --out $OUT/noshare.json 2>&1 \
-        | grep -v "it/s" | tail -6
-  fi
-  if [[ $part == multilevel || $part == all ]]; then
-    timeout 300 $B --workload multilevel --requests 512 --compare batchllm,vllm-like,batchllm-multilevel \
-        --out $OUT/multilevel.json 2>&1 | grep -v "it/s" | tail -7
   fi
 } | tee $OUT/log_$part.txt
