@@ -219,71 +219,52 @@ def _shared_tile(
     # A CUDA-graph launch has a fixed grid sized for the worst case: tiles past the real ones
     # (seg_tile_ptr[num_segments]) have nothing to do.
     if gtile < tl.load(seg_tile_ptr + num_segments):
-        _shared_tile_body(
-            gtile, kvh, split, splits, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
-            seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
-            stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
-            stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
-            G, HKV, BLOCK_M, BLOCK_Q, BLOCK_N, PAGE, HEAD_DIM, D_PAD, UPCAST, PRECISION, INTERPRET,
+        seg = _last_le(seg_tile_ptr, num_segments, gtile)
+        m_tile = gtile - tl.load(seg_tile_ptr + seg)
+        q_lo = tl.load(seg_qs_ptr + seg)
+        q_hi = tl.load(seg_qe_ptr + seg)
+        kv_lo = tl.load(seg_ks_ptr + seg)
+        kv_hi = tl.load(seg_ke_ptr + seg)
+        level = tl.load(seg_lvl_ptr + seg)
+
+        offs_m = tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D_PAD)
+        row_tok = q_lo + m_tile * BLOCK_Q + offs_m // G
+        head = kvh * G + offs_m % G
+        row_ok = (offs_m < BLOCK_Q * G) & (row_tok < q_hi)
+        t_idx = row_tok.to(tl.int64)
+        q = tl.load(
+            q_ptr + (t_idx * stride_qt + head * stride_qh)[:, None] + offs_d[None, :],
+            mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :],
+            other=0.0,
+        )
+
+        n_kv = kv_hi - kv_lo
+        n_tiles = tl.cdiv(n_kv, BLOCK_N)
+        n_full = n_kv // BLOCK_N
+        per_split = tl.cdiv(n_tiles, splits)
+        lo = split * per_split
+        hi = tl.minimum(lo + per_split, n_tiles)
+        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
+        m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        bt_row = seg_bt_ptr + seg.to(tl.int64) * stride_sbt
+        koff = kvh.to(tl.int64) * stride_kh
+        voff = kvh.to(tl.int64) * stride_vh
+        acc, m_i, l_i = _kv_steps(
+            acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, lo, tl.minimum(hi, n_full),
+            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, False, UPCAST, PRECISION, INTERPRET,
         )  # fmt: skip
-
-
-@triton.jit
-def _shared_tile_body(
-    gtile, kvh, split, splits, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
-    seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
-    stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
-    stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
-    G: tl.constexpr, HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
-    PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
-):  # fmt: skip
-    seg = _last_le(seg_tile_ptr, num_segments, gtile)
-    m_tile = gtile - tl.load(seg_tile_ptr + seg)
-    q_lo = tl.load(seg_qs_ptr + seg)
-    q_hi = tl.load(seg_qe_ptr + seg)
-    kv_lo = tl.load(seg_ks_ptr + seg)
-    kv_hi = tl.load(seg_ke_ptr + seg)
-    level = tl.load(seg_lvl_ptr + seg)
-
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D_PAD)
-    row_tok = q_lo + m_tile * BLOCK_Q + offs_m // G
-    head = kvh * G + offs_m % G
-    row_ok = (offs_m < BLOCK_Q * G) & (row_tok < q_hi)
-    t_idx = row_tok.to(tl.int64)
-    q = tl.load(
-        q_ptr + (t_idx * stride_qt + head * stride_qh)[:, None] + offs_d[None, :],
-        mask=row_ok[:, None] & (offs_d < HEAD_DIM)[None, :],
-        other=0.0,
-    )
-
-    n_kv = kv_hi - kv_lo
-    n_tiles = tl.cdiv(n_kv, BLOCK_N)
-    n_full = n_kv // BLOCK_N
-    per_split = tl.cdiv(n_tiles, splits)
-    lo = split * per_split
-    hi = tl.minimum(lo + per_split, n_tiles)
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    bt_row = seg_bt_ptr + seg.to(tl.int64) * stride_sbt
-    koff = kvh.to(tl.int64) * stride_kh
-    voff = kvh.to(tl.int64) * stride_vh
-    acc, m_i, l_i = _kv_steps(
-        acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, lo, tl.minimum(hi, n_full),
-        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, False, UPCAST, PRECISION, INTERPRET,
-    )  # fmt: skip
-    acc, m_i, l_i = _kv_steps(
-        acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, tl.maximum(lo, n_full), hi,
-        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, False, UPCAST, PRECISION, INTERPRET,
-    )  # fmt: skip
-    _store_partial(
-        acc, m_i, l_i, level * splits + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
-        stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, HEAD_DIM, D_PAD,
-    )  # fmt: skip
+        acc, m_i, l_i = _kv_steps(
+            acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, tl.maximum(lo, n_full), hi,
+            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, False, UPCAST, PRECISION, INTERPRET,
+        )  # fmt: skip
+        _store_partial(
+            acc, m_i, l_i, level * splits + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
+            stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, HEAD_DIM, D_PAD,
+        )  # fmt: skip
 
 
 @triton.jit
