@@ -6,6 +6,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Optional, Union
 
+import numpy as np
 import torch
 
 from batchllm.outputs import RequestMetrics
@@ -60,6 +61,10 @@ class Request:
         self.reserved_blocks = 0  # KV blocks counted for this request by memory-centric admission
         self.block_hashes: list = []  # prefix-caching hash chain of its full blocks
         self.swapped_blocks: Optional[list[int]] = None  # host blocks holding its private KV while swapped out
+        # int32 mirror of block_ids for building block tables without converting the whole list each step
+        self._block_array = np.empty(0, dtype=np.int32)
+        self._block_array_len = 0
+        self._block_array_source: Optional[list[int]] = None
 
     @property
     def is_prefix(self) -> bool:
@@ -86,6 +91,22 @@ class Request:
     @property
     def num_output_tokens(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
+
+    def block_table_array(self) -> np.ndarray:
+        """block_ids as an int32 array. The scheduler only extends the list or replaces it with a new
+        one, so the mirror appends the new tail, or is rebuilt when the list object changed."""
+        ids = self.block_ids
+        arr, known = self._block_array, self._block_array_len
+        if self._block_array_source is not ids or len(ids) < known:
+            known = 0
+        if len(ids) > len(arr):
+            grown = np.empty(max(16, 2 * len(ids)), dtype=np.int32)
+            grown[:known] = arr[:known]
+            arr = grown
+        if len(ids) > known:
+            arr[known : len(ids)] = ids[known:]
+        self._block_array, self._block_array_len, self._block_array_source = arr, len(ids), ids
+        return arr[: len(ids)]
 
     @property
     def is_finished(self) -> bool:

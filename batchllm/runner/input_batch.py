@@ -34,17 +34,18 @@ def prepare_inputs(
     np.cumsum(q_lens, out=query_start_loc[1:])
     total = int(query_start_loc[-1])
 
-    token_ids = np.concatenate(
-        [np.asarray(c.request.token_ids[s : s + n], dtype=np.int64) for c, s, n in zip(chunks, starts, q_lens)]
-    )
+    flat_tokens: list[int] = []
+    for chunk, start, n in zip(chunks, starts.tolist(), q_lens.tolist()):
+        flat_tokens.extend(chunk.request.token_ids[start : start + n])
+    token_ids = np.array(flat_tokens, dtype=np.int64)
     # position of every token: its sequence's start offset plus its index within the chunk
     seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
     positions = starts[seq_of_token] + (np.arange(total) - query_start_loc[:-1][seq_of_token])
 
-    max_blocks = max(len(c.request.block_ids) for c in chunks)
-    block_tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
-    for row, chunk in enumerate(chunks):
-        block_tables[row, : len(chunk.request.block_ids)] = chunk.request.block_ids
+    rows = [c.request.block_table_array() for c in chunks]
+    block_tables = np.zeros((num_seqs, max(len(r) for r in rows)), dtype=np.int32)
+    for row, blocks in enumerate(rows):
+        block_tables[row, : len(blocks)] = blocks
     slot_mapping = block_tables[seq_of_token, positions // block_size].astype(np.int64) * block_size + positions % block_size
 
     sampled = [i for i, c in enumerate(chunks) if c.completes_sequence]
