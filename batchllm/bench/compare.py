@@ -117,7 +117,6 @@ def run_transformers_baseline(
     generation = GenerationConfig(max_new_tokens=max(subset.max_tokens), do_sample=False, eos_token_id=None,
                                   pad_token_id=0)
     on_gpu = device.startswith("cuda")
-    compiled_before = _compiled_variants(on_gpu)
     if on_gpu:
         torch.cuda.synchronize()
     start = time.perf_counter()

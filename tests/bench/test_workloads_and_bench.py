@@ -76,6 +76,15 @@ def test_bench_table_takes_the_peer_line_of_the_same_workload_file(tmp_path, cap
     assert "vllm 0.26.0" in captured.out and "other token counts" in captured.err
 
 
+def test_bench_times_transformers_continuous_batching_on_the_same_requests(tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["bench", "--workload", "micro-32-8-2-2", "--requests", "4", "--model", TINY, "--load-format",
+                 "dummy", "--hf-requests", "2", "--out", str(out)]) == 0
+    hf = json.loads(out.read_text())["transformers"]
+    assert hf["config"] == "transformers generate_batch" and hf["requests"] == 2
+    assert hf["output_tokens"] == 4 and hf["prompt_tokens"] == 2 * 40 and hf["seconds"] > 0
+
+
 def test_floor_counts_prefix_reuse():
     from batchllm.bench.roofline import DeviceRates, workload_floor
     from batchllm.model.arch_config import load_arch_config
