@@ -28,9 +28,9 @@ import triton
 import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.triton_kv_loop import kv_steps
 from batchllm.attention.triton_utils import (
     cdiv,
-    dot_acc,
     dot_precision,
     is_interpreter,
     next_pow2,
@@ -58,118 +58,6 @@ class TileConfig:
 # --------------------------------------------------------------------------------------------
 # Device code
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _attend_kv_tile(
-    acc,
-    m_i,
-    l_i,
-    q,
-    q_pos,
-    j,
-    k_cache,
-    v_cache,
-    bt_row,
-    kv_head_off_k,
-    kv_head_off_v,
-    stride_kb,
-    stride_kt,
-    stride_vb,
-    stride_vt,
-    seq_len,
-    qk_scale,
-    PAGE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-):
-    """One online-softmax step over KV tile j (tokens j*BLOCK_N ...) of one sequence.
-
-    CAUSAL=False is only used for tiles every row fully sees (all tokens < seq_len and <= q_pos),
-    so those tiles need neither bounds nor causal masks.
-    """
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < HEAD_DIM
-    tok = j * BLOCK_N + offs_n
-    if CAUSAL:
-        tok_ok = tok < seq_len
-        page = tl.load(bt_row + tok // PAGE, mask=tok_ok, other=0).to(tl.int64)
-        kv_mask = tok_ok[:, None] & d_ok[None, :]
-    else:
-        page = tl.load(bt_row + tok // PAGE).to(tl.int64)
-        kv_mask = d_ok[None, :]
-    in_page = tok % PAGE
-    k_ptrs = k_cache + (page * stride_kb + in_page * stride_kt + kv_head_off_k)[:, None] + offs_d[None, :]
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
-    s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
-    if CAUSAL:
-        s = tl.where(tok[None, :] <= q_pos[:, None], s, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(s, 1))
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    v_ptrs = v_cache + (page * stride_vb + in_page * stride_vt + kv_head_off_v)[:, None] + offs_d[None, :]
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
-    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
-    return acc, m_new, l_i
-
-
-@triton.jit
-def _attend_kv_tiles(
-    acc,
-    m_i,
-    l_i,
-    q,
-    q_pos,
-    k_cache,
-    v_cache,
-    bt_row,
-    kv_head_off_k,
-    kv_head_off_v,
-    stride_kb,
-    stride_kt,
-    stride_vb,
-    stride_vt,
-    seq_len,
-    tile_lo,
-    tile_hi,
-    qk_scale,
-    PAGE: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    HEAD_DIM: tl.constexpr,
-    D_PAD: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr,
-):
-    """Accumulate KV tiles [tile_lo, tile_hi) of one sequence into (acc, m_i, l_i)."""
-    if INTERPRET:
-        # Triton 3.6's interpreter cannot range() over runtime scalars with NumPy >= 2.4
-        # (triton-lang/triton#9171); a while loop avoids it. The GPU keeps scf.for so that
-        # num_stages software pipelining applies.
-        j = tile_lo
-        while j < tile_hi:
-            acc, m_i, l_i = _attend_kv_tile(
-                acc, m_i, l_i, q, q_pos, j, k_cache, v_cache, bt_row, kv_head_off_k, kv_head_off_v,
-                stride_kb, stride_kt, stride_vb, stride_vt, seq_len, qk_scale,
-                PAGE, BLOCK_N, HEAD_DIM, D_PAD, CAUSAL, UPCAST, PRECISION,
-            )  # fmt: skip
-            j += 1
-    else:
-        for j in range(tile_lo, tile_hi):
-            acc, m_i, l_i = _attend_kv_tile(
-                acc, m_i, l_i, q, q_pos, j, k_cache, v_cache, bt_row, kv_head_off_k, kv_head_off_v,
-                stride_kb, stride_kt, stride_vb, stride_vt, seq_len, qk_scale,
-                PAGE, BLOCK_N, HEAD_DIM, D_PAD, CAUSAL, UPCAST, PRECISION,
-            )  # fmt: skip
-    return acc, m_i, l_i
 
 
 @triton.jit
@@ -287,17 +175,15 @@ def _paged_attn_kernel(
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
     koff = kvh.to(tl.int64) * stride_kh
     voff = kvh.to(tl.int64) * stride_vh
-    acc, m_i, l_i = _attend_kv_tiles(
-        acc, m_i, l_i, q, q_pos, k_cache, v_cache, bt_row, koff, voff,
-        stride_kb, stride_kt, stride_vb, stride_vt, seq_len,
-        lo, tl.minimum(hi, n_full), qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, UPCAST, PRECISION, INTERPRET,
+    acc, m_i, l_i = kv_steps(
+        acc, m_i, l_i, q, q_pos, 0, seq_len, lo, tl.minimum(hi, n_full),
+        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, True, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
-    acc, m_i, l_i = _attend_kv_tiles(
-        acc, m_i, l_i, q, q_pos, k_cache, v_cache, bt_row, koff, voff,
-        stride_kb, stride_kt, stride_vb, stride_vt, seq_len,
-        tl.maximum(lo, n_full), hi, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
+    acc, m_i, l_i = kv_steps(
+        acc, m_i, l_i, q, q_pos, 0, seq_len, tl.maximum(lo, n_full), hi,
+        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, True, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
 
     store_mask = row_ok[:, None] & d_ok[None, :]

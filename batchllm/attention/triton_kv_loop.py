@@ -1,0 +1,83 @@
+"""The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from batchllm.attention.triton_utils import dot_acc
+
+
+@triton.jit
+def kv_step(
+    acc, m_i, l_i, q, q_pos, tok0, kv_hi,
+    k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+):  # fmt: skip
+    """Online-softmax step over KV tokens [tok0, tok0 + BLOCK_N) of block table `bt_row`.
+
+    MASKED=False only for tiles every row fully sees (all tokens < kv_hi and, if CAUSAL, <= q_pos).
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D_PAD)
+    d_ok = offs_d < HEAD_DIM
+    tok = tok0 + offs_n
+    if MASKED:
+        tok_ok = tok < kv_hi
+        page = tl.load(bt_row + tok // PAGE, mask=tok_ok, other=0).to(tl.int64)
+        kv_mask = tok_ok[:, None] & d_ok[None, :]
+    else:
+        page = tl.load(bt_row + tok // PAGE).to(tl.int64)
+        kv_mask = d_ok[None, :]
+    in_page = tok % PAGE
+    k = tl.load(
+        k_cache + (page * stride_kb + in_page * stride_kt + koff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+    )
+    s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
+    s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
+    if MASKED:
+        if CAUSAL:
+            keep = (tok[None, :] <= q_pos[:, None]) & tok_ok[None, :]
+        else:
+            keep = tok_ok[None, :]
+        s = tl.where(keep, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = tl.load(
+        v_cache + (page * stride_vb + in_page * stride_vt + voff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
+    )
+    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def kv_steps(
+    acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tile_lo, tile_hi,
+    k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):  # fmt: skip
+    """KV tiles [tile_lo, tile_hi), tile j = tokens kv_lo + j * BLOCK_N + [0, BLOCK_N)."""
+    if INTERPRET:
+        # The interpreter cannot range() over runtime scalars with NumPy >= 2.4 (triton#9171); the
+        # GPU keeps scf.for so that num_stages software pipelining applies.
+        j = tile_lo
+        while j < tile_hi:
+            acc, m_i, l_i = kv_step(
+                acc, m_i, l_i, q, q_pos, kv_lo + j * BLOCK_N, kv_hi, k_cache, v_cache, bt_row, koff, voff,
+                stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, UPCAST, PRECISION,
+            )  # fmt: skip
+            j += 1
+    else:
+        for j in range(tile_lo, tile_hi):
+            acc, m_i, l_i = kv_step(
+                acc, m_i, l_i, q, q_pos, kv_lo + j * BLOCK_N, kv_hi, k_cache, v_cache, bt_row, koff, voff,
+                stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, UPCAST, PRECISION,
+            )  # fmt: skip
+    return acc, m_i, l_i
