@@ -1,0 +1,29 @@
+"""The GPU benchmark scripts also run on CPU with tiny shapes, so a broken script shows up in CI and not
+in a device lease."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _run(*args: str, interpret: bool = False) -> str:
+    env = dict(os.environ, TRITON_INTERPRET="1") if interpret else dict(os.environ)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_profile_engine_reports_iterations_and_kernel_groups():
+    out = _run("benchmarks/profile_engine.py", "--model", "benchmarks/models/tiny-llama", "--device", "cpu",
+               "--workload", "micro-64-16-4-4", "--requests", "16", "--top", "3")  # fmt: skip
+    assert "batchllm micro-64-16-4-4 x16" in out
+    assert "device time by group" in out and "gemm" in out
+
+
+def test_shared_prefix_benchmark_smoke():
+    out = _run("benchmarks/bench_shared_prefix.py", "--smoke", "--no-sweep", interpret=True)
+    assert "unf/fused" in out and "targets:" in out
