@@ -19,7 +19,8 @@ class StopChecker:
         """Set finish_reason / stop_reason (and the stop-truncated text) when `request` must stop now."""
         params = request.params
         token = request.token_ids[-1]
-        if request.num_output_tokens >= params.min_tokens:
+        num_output = request.num_output_tokens
+        if num_output >= params.min_tokens:
             if not params.ignore_eos and token in self.eos_token_ids:
                 request.finish_reason = "stop"
                 return True
@@ -28,7 +29,7 @@ class StopChecker:
                 return True
             if params.stop_strings and self._check_stop_strings(request):
                 return True
-        if request.num_output_tokens >= request.max_output_tokens or request.num_tokens >= self.max_model_len:
+        if num_output >= request.max_output_tokens or request.num_tokens >= self.max_model_len:
             request.finish_reason = "length"
             return True
         return False

@@ -32,7 +32,8 @@ class Sampler:
         self.generator = torch.Generator(device=device).manual_seed(seed)  # for requests without a seed
 
     def _banned_until_min_tokens(self, request: Request) -> list[int]:
-        if request.num_output_tokens >= request.params.min_tokens:
+        min_tokens = request.params.min_tokens
+        if not min_tokens or request.num_output_tokens >= min_tokens:
             return []
         banned = list(request.params.stop_token_ids)
         if not request.params.ignore_eos:

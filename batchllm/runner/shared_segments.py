@@ -27,9 +27,15 @@ def group_chain(chunk: ScheduledChunk) -> list[SharedPrefix]:
 def order_for_sharing(chunks: list[ScheduledChunk]) -> list[ScheduledChunk]:
     """Decodes before prefills (the decode tiles of the kernels expect them first); group members adjacent."""
 
+    def is_decode(chunk: ScheduledChunk) -> bool:
+        return chunk.num_new_tokens == 1 and chunk.request.num_computed_tokens == chunk.request.num_tokens - 1
+
+    if not any(c.request.num_shared_blocks for c in chunks):  # no group in the batch: a stable partition
+        decodes = [c for c in chunks if is_decode(c)]
+        return decodes + [c for c in chunks if not is_decode(c)] if len(decodes) < len(chunks) else decodes
+
     def key(chunk: ScheduledChunk):
-        is_decode = chunk.num_new_tokens == 1 and chunk.request.num_computed_tokens == chunk.request.num_tokens - 1
-        return (0 if is_decode else 1, tuple(g.group_id for g in group_chain(chunk)))
+        return (0 if is_decode(chunk) else 1, tuple(g.group_id for g in group_chain(chunk)))
 
     return sorted(chunks, key=key)  # stable: rank order within a key
 

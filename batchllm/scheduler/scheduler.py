@@ -219,6 +219,8 @@ class BatchScheduler:
     def _grow(self, request: Request, num_new: int, out: SchedulerOutput, scheduled: set[int]) -> bool:
         """Allocate blocks for the next chunk, preempting worse-ranked requests; False if `request` itself went."""
         need = kv_blocks_needed(request.num_computed_tokens + num_new, self.block_size) - len(request.block_ids)
+        if need <= 0:  # most decode steps: the token fits in the last block
+            return True
         while need > self.pool.num_free:
             victim = self._worst_running(scheduled | {id(request)})
             if victim is None or victim.rank < request.rank:
@@ -227,8 +229,7 @@ class BatchScheduler:
                 self._preempt(request, out)
                 return False
             self._preempt(victim, out)
-        if need > 0:
-            request.block_ids.extend(self.pool.allocate(need))
+        request.block_ids.extend(self.pool.allocate(need))
         return True
 
     def _priority_preemption(self, out: SchedulerOutput) -> None:
