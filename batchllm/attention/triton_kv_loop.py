@@ -7,6 +7,10 @@ import triton.language as tl
 
 from batchllm.attention.triton_utils import dot_acc
 
+# Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
+# alpha = exp2(0) = 1 instead of NaN from (-inf) - (-inf).
+NEG_BIG = tl.constexpr(-1.0e30)
+
 
 @triton.jit
 def kv_step(
@@ -80,4 +84,31 @@ def kv_steps(
                 stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
                 PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, UPCAST, PRECISION,
             )  # fmt: skip
+    return acc, m_i, l_i
+
+
+@triton.jit
+def attend_kv_range(
+    q, q_pos, kv_lo, kv_hi, tile_lo, tile_hi, n_full, k_cache, v_cache, bt_row, kvh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
+    PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
+    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+):  # fmt: skip
+    """(acc, m, l) of q's rows over KV tiles [tile_lo, tile_hi) of KV head kvh: tiles below n_full are
+    seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL)."""
+    acc = tl.zeros([q.shape[0], D_PAD], dtype=tl.float32)
+    m_i = tl.full([q.shape[0]], NEG_BIG, dtype=tl.float32)
+    l_i = tl.zeros([q.shape[0]], dtype=tl.float32)
+    koff = kvh.to(tl.int64) * stride_kh
+    voff = kvh.to(tl.int64) * stride_vh
+    acc, m_i, l_i = kv_steps(
+        acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tile_lo, tl.minimum(tile_hi, n_full),
+        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, CAUSAL, UPCAST, PRECISION, INTERPRET,
+    )  # fmt: skip
+    acc, m_i, l_i = kv_steps(
+        acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tl.maximum(tile_lo, n_full), tile_hi,
+        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, CAUSAL, UPCAST, PRECISION, INTERPRET,
+    )  # fmt: skip
     return acc, m_i, l_i

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.triton_kv_loop import kv_steps
+from batchllm.attention.triton_kv_loop import attend_kv_range
 from batchllm.attention.triton_utils import (
     cdiv,
     dot_precision,
@@ -39,9 +39,6 @@ from batchllm.attention.triton_utils import (
 )
 
 LOG2E = 1.4426950408889634
-# Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
-# alpha = exp2(0) = 1 instead of NaN from (-inf) - (-inf).
-_NEG_BIG = tl.constexpr(-1.0e30)
 
 
 @dataclass(frozen=True)
@@ -169,21 +166,11 @@ def _paged_attn_kernel(
         lo = 0
         hi = n_tiles
 
-    acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-    m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-    koff = kvh.to(tl.int64) * stride_kh
-    voff = kvh.to(tl.int64) * stride_vh
-    acc, m_i, l_i = kv_steps(
-        acc, m_i, l_i, q, q_pos, 0, seq_len, lo, tl.minimum(hi, n_full),
-        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, True, UPCAST, PRECISION, INTERPRET,
-    )  # fmt: skip
-    acc, m_i, l_i = kv_steps(
-        acc, m_i, l_i, q, q_pos, 0, seq_len, tl.maximum(lo, n_full), hi,
-        k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, True, UPCAST, PRECISION, INTERPRET,
+    acc, m_i, l_i = attend_kv_range(
+        q, q_pos, 0, seq_len, lo, hi, n_full, k_cache, v_cache, bt_row, kvh,
+        stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
 
     store_mask = row_ok[:, None] & d_ok[None, :]

@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
-from batchllm.attention.triton_kv_loop import kv_steps
+from batchllm.attention.triton_kv_loop import NEG_BIG, attend_kv_range
 from batchllm.attention.triton_paged import LOG2E, _check_inputs, _find_seq
 from batchllm.attention.triton_utils import (
     cdiv,
@@ -58,7 +58,6 @@ from batchllm.attention.triton_utils import (
     upcast_dot,
 )
 
-_NEG_BIG = tl.constexpr(-1.0e30)  # finite running-max start: all-masked rows give 0, not NaN
 
 
 @dataclass(frozen=True)
@@ -170,21 +169,11 @@ def _shared_tile(
         per_split = tl.cdiv(n_tiles, splits)
         lo = split * per_split
         hi = tl.minimum(lo + per_split, n_tiles)
-        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-        m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         bt_row = seg_bt_ptr + seg.to(tl.int64) * stride_sbt
-        koff = kvh.to(tl.int64) * stride_kh
-        voff = kvh.to(tl.int64) * stride_vh
-        acc, m_i, l_i = kv_steps(
-            acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, lo, tl.minimum(hi, n_full),
-            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, False, UPCAST, PRECISION, INTERPRET,
-        )  # fmt: skip
-        acc, m_i, l_i = kv_steps(
-            acc, m_i, l_i, q, row_tok, kv_lo, kv_hi, tl.maximum(lo, n_full), hi,
-            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, False, UPCAST, PRECISION, INTERPRET,
+        acc, m_i, l_i = attend_kv_range(
+            q, row_tok, kv_lo, kv_hi, lo, hi, n_full, k_cache, v_cache, bt_row, kvh,
+            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, UPCAST, PRECISION, INTERPRET,
         )  # fmt: skip
         _store_partial(
             acc, m_i, l_i, level * splits + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
@@ -234,21 +223,11 @@ def _distinct_tile(
         kv_end = ctx_start + tl.minimum(q_len, tok0 + BLOCK_Q)
         n_tiles = tl.cdiv(kv_end - kv_lo, BLOCK_N)
         n_full = tl.maximum(ctx_start + tok0 + 1 - kv_lo, 0) // BLOCK_N
-        acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
-        m_i = tl.full([BLOCK_M], _NEG_BIG, dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-        koff = kvh.to(tl.int64) * stride_kh
-        voff = kvh.to(tl.int64) * stride_vh
-        acc, m_i, l_i = kv_steps(
-            acc, m_i, l_i, q, q_pos, kv_lo, seq_len, 0, tl.minimum(n_full, n_tiles),
-            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, True, UPCAST, PRECISION, INTERPRET,
-        )  # fmt: skip
-        acc, m_i, l_i = kv_steps(
-            acc, m_i, l_i, q, q_pos, kv_lo, seq_len, n_full, n_tiles,
-            k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, True, UPCAST, PRECISION, INTERPRET,
+        acc, m_i, l_i = attend_kv_range(
+            q, q_pos, kv_lo, seq_len, 0, n_tiles, n_full, k_cache, v_cache, bt_row, kvh,
+            stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
         )  # fmt: skip
         _store_partial(
             acc, m_i, l_i, distinct_slot, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
@@ -328,7 +307,7 @@ def _merge_kernel(
     offs_d = tl.arange(0, D_PAD)
     h_ok = offs_h < num_heads
     d_ok = offs_d < HEAD_DIM
-    m = tl.full([H_BLOCK], _NEG_BIG, dtype=tl.float32)
+    m = tl.full([H_BLOCK], NEG_BIG, dtype=tl.float32)
     w_sum = tl.zeros([H_BLOCK], dtype=tl.float32)
     acc = tl.zeros([H_BLOCK, D_PAD], dtype=tl.float32)
     if INTERPRET:  # no range() over a runtime scalar in the interpreter (see kv_steps)
@@ -356,7 +335,7 @@ def _merge_part(
     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh,
 ):  # fmt: skip
     lse = tl.load(part_lse_ptr + p * stride_lp + t * stride_lt + offs_h * stride_lh, mask=h_ok, other=float("-inf"))
-    live = lse > _NEG_BIG
+    live = lse > NEG_BIG
     o = tl.load(
         part_out_ptr + p * stride_pp + t * stride_pt + (offs_h * stride_ph)[:, None] + offs_d[None, :],
         mask=(live & h_ok)[:, None] & d_ok[None, :],
