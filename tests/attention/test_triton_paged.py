@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from batchllm.attention.metadata import AttentionMetadata  # noqa: E402
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
+from batchllm.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch  # noqa: E402
 from batchllm.attention.triton_paged import (  # noqa: E402
     choose_num_splits,
     decode_config,
@@ -24,15 +21,6 @@ ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 RTOL = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}
 
 
-@dataclass
-class Batch:
-    query: torch.Tensor
-    k_cache: torch.Tensor
-    v_cache: torch.Tensor
-    meta: AttentionMetadata
-    scale: float
-
-
 def make_batch(
     specs: list[tuple[int, int]],
     num_q_heads: int,
@@ -41,51 +29,16 @@ def make_batch(
     dtype: torch.dtype,
     block_size: int = 16,
     seed: int = 0,
-) -> Batch:
-    """specs: (q_len, seq_len) per sequence. Blocks are a random permutation (block 0 is never
-    owned: it is the block-table padding), and every cache slot a sequence does not own, including
-    the tail of its last block, is NaN, so any out-of-bounds KV read poisons the output."""
-    g = torch.Generator().manual_seed(seed)
-    needed = [math.ceil(s / block_size) for _, s in specs]
-    num_blocks = sum(needed) + 4
-    perm = (torch.randperm(num_blocks - 1, generator=g) + 1).tolist()
-    max_blocks = max(needed + [1])
-    block_tables = torch.zeros(len(specs), max_blocks, dtype=torch.int32)
-    shape = (num_blocks, block_size, num_kv_heads, head_dim)
-    k_cache = torch.full(shape, float("nan"))
-    v_cache = torch.full(shape, float("nan"))
-    slots: list[int] = []
-    for i, ((q_len, seq_len), n) in enumerate(zip(specs, needed)):
-        assert 0 <= q_len <= seq_len or (q_len == 0 and seq_len == 0)
-        blocks = perm[:n]
-        perm = perm[n:]
-        block_tables[i, :n] = torch.tensor(blocks, dtype=torch.int32)
-        pos = torch.arange(seq_len)
-        seq_slots = torch.tensor(blocks, dtype=torch.int64)[pos // block_size] * block_size + pos % block_size
-        k_cache.view(-1, num_kv_heads, head_dim)[seq_slots] = torch.randn(seq_len, num_kv_heads, head_dim, generator=g)
-        v_cache.view(-1, num_kv_heads, head_dim)[seq_slots] = torch.randn(seq_len, num_kv_heads, head_dim, generator=g)
-        slots += [blocks[p // block_size] * block_size + p % block_size for p in range(seq_len - q_len, seq_len)]
-    q_lens = [q for q, _ in specs]
-    qsl = [0]
-    for q in q_lens:
-        qsl.append(qsl[-1] + q)
-    seq_lens = [s for _, s in specs]
-    query = 1.5 * torch.randn(qsl[-1], num_q_heads, head_dim, generator=g)  # peakier softmax than randn
-    meta = AttentionMetadata(
-        query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=DEVICE),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=DEVICE),
-        block_tables=block_tables.to(DEVICE),
-        slot_mapping=torch.tensor(slots, dtype=torch.int64, device=DEVICE),
-        max_query_len=max(q_lens + [0]),
-        max_seq_len=max(seq_lens + [0]),
-        query_start_loc_cpu=qsl,
-        seq_lens_cpu=seq_lens,
-    )
-    to = dict(device=DEVICE, dtype=dtype)
-    return Batch(query.to(**to), k_cache.to(**to), v_cache.to(**to), meta, head_dim**-0.5)
+) -> SharedBatch:
+    """specs: (q_len, seq_len) per sequence, no shared prefixes: random block permutation, every cache
+    slot nobody owns NaN (see make_shared_batch), so any out-of-bounds KV read poisons the output."""
+    seqs = [SeqSpec(-1, seq_len, q_len) for q_len, seq_len in specs]
+    batch = make_shared_batch([], seqs, num_q_heads, num_kv_heads, head_dim, dtype, DEVICE, block_size, seed)
+    batch.meta.shared = None  # plain paged attention
+    return batch
 
 
-def check(batch: Batch, **kwargs) -> torch.Tensor:
+def check(batch: SharedBatch, **kwargs) -> torch.Tensor:
     """Run the kernel on a NaN-poisoned output and compare with the fp32 reference on the same inputs."""
     out = torch.full_like(batch.query, float("nan"))
     res = paged_attention_triton(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale, out=out, **kwargs)
