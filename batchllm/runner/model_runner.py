@@ -73,15 +73,15 @@ class ModelRunner:
             )  # fmt: skip
 
     def set_attention_backend(self, name: str) -> None:
-        backend = get_attention_backend(name)
-        if self.decode_graphs is not None and backend.name.startswith("triton"):
-            # Captured graphs replay kernels every Triton variant shares; later captures use the new backend.
-            self.decode_graphs.backend = backend
+        self.backend = get_attention_backend(name)
+        self._precompile_kernels()
+        if self.decode_graphs is not None and self.backend.name.startswith("triton"):
+            # Plain decode graphs replay the paged kernel every Triton variant uses; shared-segment
+            # graphs only replay for batches with meta.shared, which only a sharing backend gets.
+            self.decode_graphs.backend = self.backend
             self.decode_graphs.capture_shared_graphs()
         elif self.decode_graphs is not None:
             self.decode_graphs = None
-        self.backend = backend
-        self._precompile_kernels()
 
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"
