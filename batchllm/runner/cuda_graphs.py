@@ -190,15 +190,13 @@ class DecodeGraphs:
             return None
         return self._shared_key(bucket, meta.shared.num_levels)
 
-    def can_run(self, inputs: ModelInputs) -> bool:
-        return self._key(inputs) is not None
-
     @torch.inference_mode()
-    def run(self, inputs: ModelInputs) -> torch.Tensor:
-        """Logits of a pure-decode batch by graph replay (every sequence samples); captures its shape first
-        if no batch needed it before."""
+    def run(self, inputs: ModelInputs) -> Optional[torch.Tensor]:
+        """Logits of a pure-decode batch by graph replay (every sequence samples), capturing its shape first
+        if no batch needed it before; None when no graph fits the batch (run it eagerly)."""
         key = self._key(inputs)
-        assert key is not None, "can_run() said no"
+        if key is None:
+            return None
         if key not in self.graphs:
             self._capture(key)
         meta = inputs.meta

@@ -168,9 +168,8 @@ class ModelRunner:
         shared = getattr(self.backend, "uses_shared_prefix", False)
         chunks = order_for_sharing(plan.chunks) if shared else plan.chunks
         inputs = prepare_inputs(chunks, self.block_size, self.device, shared_prefix=shared)
-        if self.decode_graphs is not None and self.decode_graphs.can_run(inputs):
-            logits = self.decode_graphs.run(inputs)
-        else:
+        logits = self.decode_graphs.run(inputs) if self.decode_graphs is not None else None
+        if logits is None:
             logits = self.model(
                 inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
             )
