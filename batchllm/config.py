@@ -142,6 +142,9 @@ class EngineConfig:
     load_format: Literal["auto", "dummy"] = "auto"
     seed: int = 0
     enforce_eager: bool = False  # no CUDA graphs for decode iterations
+    # Launch iteration i+1 before reading iteration i's tokens, so host work overlaps the GPU (vLLM's async
+    # scheduling); off: each iteration's tokens are read before the next is scheduled.
+    overlap_scheduling: bool = True
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 

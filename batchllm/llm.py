@@ -40,6 +40,7 @@ class LLM:
         attention_backend: str = "auto",
         skip_tokenizer_init: bool = False,
         enforce_eager: bool = False,
+        overlap_scheduling: bool = True,
         scheduling: str = "batchllm",
         **scheduler_options: Any,
     ) -> None:
@@ -72,6 +73,7 @@ class LLM:
             load_format=load_format,
             seed=seed,
             enforce_eager=enforce_eager,
+            overlap_scheduling=overlap_scheduling,
             cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks),
             scheduler=SchedulerConfig.preset(
                 scheduling,
@@ -91,8 +93,15 @@ class LLM:
     def get_tokenizer(self):
         return self.tokenizer
 
-    def set_scheduling(self, scheduling: str = "batchllm", attention_backend: Optional[str] = None, **options: Any) -> None:
-        """Switch the scheduling policy (and optionally the attention backend) between batches, same model."""
+    def set_scheduling(
+        self,
+        scheduling: str = "batchllm",
+        attention_backend: Optional[str] = None,
+        overlap_scheduling: Optional[bool] = None,
+        **options: Any,
+    ) -> None:
+        """Switch the scheduling policy (optionally the attention backend and the overlap of host work with
+        the GPU) between batches, same model."""
         current = self.config.scheduler
         config = SchedulerConfig.preset(
             scheduling,
@@ -101,7 +110,7 @@ class LLM:
             enable_chunked_prefill=current.enable_chunked_prefill,
             **options,
         )
-        self.engine.reconfigure(config, attention_backend)
+        self.engine.reconfigure(config, attention_backend, overlap_scheduling)
         self.config = self.engine.config
 
     def save_trace(self, path: str, label: str = "") -> None:

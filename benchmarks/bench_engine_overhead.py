@@ -40,9 +40,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true", help="cProfile one run, print the top functions")
+    parser.add_argument("--no-overlap", action="store_true", help="read each iteration's tokens before the next")
     args = parser.parse_args()
     llm = LLM(os.path.join(HERE, "models", "tiny-llama"), load_format="dummy", device="cpu", dtype="float32",
-              skip_tokenizer_init=True, max_model_len=4096, num_kv_blocks=40000)
+              skip_tokenizer_init=True, max_model_len=4096, num_kv_blocks=40000,
+              overlap_scheduling=not args.no_overlap)
     runner = llm.engine.runner
     runner.model = ZeroLogits(runner.arch.vocab_size)
     runner.backend.uses_shared_prefix = True  # lay batches out for the shared kernel, as the GPU backend does

@@ -20,13 +20,14 @@ for name in "${!REQUESTS[@]}"; do
 done
 [[ $part == files ]] && exit 0
 peer=(); [[ -f $W/vllm.jsonl ]] && peer=(--peer-results $W/vllm.jsonl)
+COMPARE=${COMPARE:-batchllm,vllm-like}  # e.g. COMPARE=batchllm,batchllm-no-overlap
 B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
 {
   for name in micro-2000-200-16-100 multilevel noshare; do
     short=${name%%-*}
     if [[ $part == $short || $part == all ]]; then
       mkdir -p $OUT/tr_$short
-      timeout 200 $B --input $W/$name.jsonl --compare batchllm,vllm-like "${peer[@]}" --out $OUT/$short.json \
+      timeout 200 $B --input $W/$name.jsonl --compare $COMPARE "${peer[@]}" --out $OUT/$short.json \
           --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -6
     fi
   done

@@ -1,11 +1,13 @@
 """The engine with the Triton backends (fused prefix-shared kernel and plain paged) equals transformers.
 
-On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest), so the model is tiny.
+On CPU the kernels run in Triton's interpreter (TRITON_INTERPRET=1, set in conftest), so the model is tiny;
+on a GPU machine (no interpreter) they are compiled and run on the GPU.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from batchllm import LLM, SamplingParams
 from tests.conftest import hf_greedy
@@ -25,7 +27,8 @@ def test_triton_backends_match_transformers(tiny_models, backend, multi_level):
     path = tiny_models["llama"]
     prompts = _grouped_prompts()
     expected = hf_greedy(path, prompts, 4)
-    llm = LLM(path, device="cpu", dtype="float32", skip_tokenizer_init=True, attention_backend=backend,
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    llm = LLM(path, device=device, dtype="float32", skip_tokenizer_init=True, attention_backend=backend,
               multi_level=multi_level, min_shared_len=16)
     backend_impl = llm.engine.runner.backend
     forward, shared_levels = backend_impl.forward, []

@@ -22,6 +22,7 @@ import torch
 
 from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
 from batchllm.attention.reference import gather_kv
+from batchllm.host_to_device import to_device
 
 
 def attend_with_lse(
@@ -129,7 +130,7 @@ def build_shared_prefix_metadata(
     }
 
     def dev(xs: list[int]) -> torch.Tensor:
-        return torch.tensor(xs, dtype=torch.int32, device=device)
+        return to_device(xs, torch.int32, device)
 
     return SharedPrefixMetadata(
         seg_q_start=dev(cols["q_start"]),
@@ -137,7 +138,7 @@ def build_shared_prefix_metadata(
         seg_kv_start=dev(cols["kv_start"]),
         seg_kv_end=dev(cols["kv_end"]),
         seg_level=dev(cols["level"]),
-        seg_block_tables=tables.to(device),
+        seg_block_tables=to_device(tables, torch.int32, device),
         distinct_kv_start=dev(distinct_kv_start),
         num_levels=max(cols["level"], default=-1) + 1,
         seg_q_start_cpu=cols["q_start"],

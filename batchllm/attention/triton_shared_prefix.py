@@ -48,6 +48,7 @@ import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
 from batchllm.attention.triton_kv_loop import NEG_BIG, attend_kv_range
+from batchllm.host_to_device import to_device
 from batchllm.attention.triton_paged import LOG2E, _check_inputs, _find_seq
 from batchllm.attention.triton_utils import (
     cdiv,
@@ -433,7 +434,7 @@ def _make_plan(
     np.add.at(covered, np.asarray(shared.seg_level_cpu, dtype=np.int64), q_tokens)
     fully_covered = bool((covered[: shared.num_levels] == qsl[-1]).all())
     return _Plan(
-        seg_tile_start=torch.from_numpy(tile_start).to(device),
+        seg_tile_start=to_device(tile_start, torch.int32, device),
         num_seg_tiles=int(tile_start[-1]),
         s_block_m=s_block_m, s_block_q=s_block_q, splits=splits,
         num_decodes=num_decodes, n_extend_tiles=n_extend_tiles, e_block_m=e_block_m, e_block_q=e_block_q,
@@ -501,7 +502,7 @@ def decode_graph_tile_starts(
     starts = np.zeros(num_slots + 1, dtype=np.int32)
     np.cumsum(-(-q_tokens // (shape.s_block_m // group)), out=starts[1 : len(q_tokens) + 1])
     starts[len(q_tokens) + 1 :] = starts[len(q_tokens)]
-    return torch.from_numpy(starts).to(device, non_blocking=True)
+    return to_device(starts, torch.int32, device)
 
 
 def decode_graph_max_segments(batch_size: int, num_levels: int) -> int:

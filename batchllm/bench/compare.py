@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import torch
@@ -12,16 +12,25 @@ from batchllm.bench.workloads import Workload
 from batchllm.llm import LLM
 from batchllm.sampling_params import SamplingParams
 
-# name -> (scheduling preset, attention backend on GPU, scheduler options)
-CONFIGS: dict[str, tuple[str, str, dict]] = {
-    "batchllm": ("batchllm", "triton", {}),
-    "vllm-like": ("vllm-like", "triton-unfused", {}),
-    "+prefix-clustering": ("vllm-like", "triton-unfused", {"prefix_clustering": True}),
-    "+fused-kernel": ("vllm-like", "triton", {"prefix_clustering": True}),
-    "+decode-first": ("vllm-like", "triton-unfused", {"decode_first": True}),
-    "+memory-batching": ("vllm-like", "triton-unfused", {"token_batching": "memory"}),
-    "batchllm-unfused": ("batchllm", "triton-unfused", {}),
-    "batchllm-multilevel": ("batchllm", "triton", {"multi_level": True}),
+@dataclass(frozen=True)
+class BenchConfig:
+    scheduling: str  # SchedulerConfig preset
+    backend: str  # attention backend on the GPU (CPU runs use the reference attention)
+    options: dict = field(default_factory=dict)  # SchedulerConfig fields over the preset
+    overlap_scheduling: bool = True
+
+
+CONFIGS: dict[str, BenchConfig] = {
+    "batchllm": BenchConfig("batchllm", "triton"),
+    "vllm-like": BenchConfig("vllm-like", "triton-unfused"),
+    "+prefix-clustering": BenchConfig("vllm-like", "triton-unfused", {"prefix_clustering": True}),
+    "+fused-kernel": BenchConfig("vllm-like", "triton", {"prefix_clustering": True}),
+    "+decode-first": BenchConfig("vllm-like", "triton-unfused", {"decode_first": True}),
+    "+memory-batching": BenchConfig("vllm-like", "triton-unfused", {"token_batching": "memory"}),
+    "batchllm-unfused": BenchConfig("batchllm", "triton-unfused"),
+    "batchllm-multilevel": BenchConfig("batchllm", "triton", {"multi_level": True}),
+    "batchllm-no-overlap": BenchConfig("batchllm", "triton", overlap_scheduling=False),
+    "vllm-like-no-overlap": BenchConfig("vllm-like", "triton-unfused", overlap_scheduling=False),
 }
 
 
@@ -67,9 +76,10 @@ def run_config(llm: LLM, name: str, workload: Workload, trace_path: Optional[str
     """Time one workload (prefix analysis and scheduling included) under configuration `name`."""
     if name not in CONFIGS:
         raise ValueError(f"bench config {name!r} is unknown; use one of {sorted(CONFIGS)}")
-    scheduling, backend, options = CONFIGS[name]
+    config = CONFIGS[name]
     on_gpu = llm.config.device.type == "cuda"
-    llm.set_scheduling(scheduling, attention_backend=backend if on_gpu else None, **options)
+    llm.set_scheduling(config.scheduling, attention_backend=config.backend if on_gpu else None,
+                       overlap_scheduling=config.overlap_scheduling, **config.options)
     prompts = [{"prompt_token_ids": p} for p in workload.prompts]
     params = [SamplingParams(temperature=0.0, max_tokens=m, ignore_eos=True) for m in workload.max_tokens]
     compiled_before = _compiled_variants(on_gpu)

@@ -9,15 +9,16 @@ from typing import Optional
 from transformers import PreTrainedTokenizerBase
 
 from batchllm.config import EngineConfig, SchedulerConfig
-from batchllm.engine.request import Request, RequestStatus
+from batchllm.engine.request import PENDING_TOKEN, Request, RequestStatus
 from batchllm.engine.stop_checker import StopChecker
 from batchllm.engine.trace import IterationTrace
 from batchllm.kv_cache.block_pool import BlockPool
 from batchllm.model.arch_config import ArchConfig
 from batchllm.outputs import CompletionOutput, RequestOutput
 from batchllm.runner.model_runner import ModelRunner
+from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.sampling_params import SamplingParams
-from batchllm.scheduler.interface import Scheduler
+from batchllm.scheduler.interface import Scheduler, SchedulerOutput
 from batchllm.scheduler.scheduler import BatchScheduler
 
 
@@ -40,7 +41,12 @@ class LLMEngine:
         self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
         self._start_policy(config.scheduler)
 
-    def reconfigure(self, scheduler_config: SchedulerConfig, attention_backend: Optional[str] = None) -> None:
+    def reconfigure(
+        self,
+        scheduler_config: SchedulerConfig,
+        attention_backend: Optional[str] = None,
+        overlap_scheduling: Optional[bool] = None,
+    ) -> None:
         """Fresh scheduler, block pool and trace under another policy (the loaded model and KV memory stay).
 
         Lets benchmarks and ablations compare policies in one process without reloading the model.
@@ -49,6 +55,8 @@ class LLMEngine:
             raise RuntimeError("reconfigure only between batches: requests are still running")
         if attention_backend is not None:
             self.runner.set_attention_backend(attention_backend)
+        if overlap_scheduling is not None:
+            self.config = dataclasses.replace(self.config, overlap_scheduling=overlap_scheduling)
         self._start_policy(scheduler_config)
 
     def _start_policy(self, scheduler_config: SchedulerConfig) -> None:
@@ -60,6 +68,7 @@ class LLMEngine:
         )
         self.num_iterations = 0
         self.trace = IterationTrace()
+        self._in_flight: Optional[SampledTokens] = None  # launched iteration whose tokens are not read yet
 
     def make_request(
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
@@ -72,20 +81,43 @@ class LLMEngine:
         self.scheduler.add_requests(requests)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     def step(self) -> list[Request]:
-        """One iteration; returns the requests that finished in it."""
+        """One iteration; returns the requests that finished in it.
+
+        With overlap_scheduling, the iteration launched here runs on the GPU while the host reads the
+        previous iteration's tokens, checks stops and (next call) schedules: tokens a request has not
+        received yet are PENDING_TOKEN, and its next input is taken on the device. A request that stops
+        on a sampled token has spent one extra iteration, which is dropped; length limits are known ahead.
+        """
         plan = self.scheduler.schedule()
-        if not plan.chunks:
-            if self.scheduler.has_unfinished():
-                raise RuntimeError("scheduler made no progress with requests left (a bug: please report)")
-            return []
+        launched = self._launch(plan) if plan.chunks else None
+        if launched is None:
+            # Nothing to run: every running request waits for its in-flight token, some perhaps preempted
+            # to make room (their KV still has to go to host memory).
+            self.runner.swap_blocks(plan)
+            self.scheduler.on_step_done(plan)
+            if self._in_flight is None:
+                if self.scheduler.has_unfinished():
+                    raise RuntimeError("scheduler made no progress with requests left (a bug: please report)")
+                return []
+        if self.config.overlap_scheduling:
+            previous, self._in_flight = self._in_flight, launched
+        else:
+            previous = launched
+        finished = self._receive(previous) if previous is not None else []
+        if launched is not None:
+            # After _receive: the blocks it hashes must not hold pending tokens of the previous iteration.
+            self.scheduler.on_step_done(plan)
+        return finished
+
+    def _launch(self, plan: SchedulerOutput) -> SampledTokens:
         now = time.monotonic()
         for chunk in plan.chunks:
             if chunk.request.metrics.first_scheduled_time is None:
                 chunk.request.metrics.first_scheduled_time = now
-        sampled_chunks, tokens, logprobs = self.runner.execute(plan)
+        sampled = self.runner.launch(plan, self._in_flight)
         self.num_iterations += 1
         decode_tokens = 0
         for chunk in plan.chunks:
@@ -93,7 +125,11 @@ class LLMEngine:
             if request.num_computed_tokens >= request.num_prompt_tokens:
                 decode_tokens += chunk.num_new_tokens
             request.num_computed_tokens += chunk.num_new_tokens
-        self.scheduler.on_step_done(plan)
+        for row, chunk in enumerate(sampled.chunks):
+            request = chunk.request
+            sampled.token_positions.append(len(request.token_ids))
+            request.token_ids.append(PENDING_TOKEN)
+            request.pending_token_row = row
         self.trace.record(
             batch_tokens=plan.num_tokens,
             prefill_tokens=plan.num_tokens - decode_tokens,
@@ -103,11 +139,21 @@ class LLMEngine:
             kv_blocks_shared=self.pool.num_shared,
             preemptions=len(plan.preempted),
         )
+        return sampled
+
+    def _receive(self, sampled: SampledTokens) -> list[Request]:
+        """Put an iteration's tokens in place of its PENDING_TOKENs; finish the requests that stop on them."""
+        tokens, logprobs = sampled.to_host()
         finished = []
         now = time.monotonic()
-        for i, (chunk, token) in enumerate(zip(sampled_chunks, tokens)):
+        for i, (chunk, at, token) in enumerate(zip(sampled.chunks, sampled.token_positions, tokens)):
             request = chunk.request
-            request.token_ids.append(token)
+            if request.is_finished:
+                continue  # it stopped on the token before; this one was computed in vain
+            token_ids = request.token_ids
+            token_ids[at] = token
+            newer = token_ids[at + 1 :]  # the PENDING_TOKEN of the iteration just launched, if it has one
+            del token_ids[at + 1 :]  # the stop check looks at the newest token
             if logprobs is not None and request.params.logprobs is not None:
                 request.output_logprobs.append(logprobs[i])
             if request.metrics.first_token_time is None:
@@ -117,6 +163,8 @@ class LLMEngine:
                 request.metrics.finished_time = now
                 self.scheduler.finish_request(request)
                 finished.append(request)
+            else:
+                token_ids.extend(newer)
         return finished
 
     def make_output(self, request: Request) -> RequestOutput:

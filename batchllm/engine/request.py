@@ -16,6 +16,11 @@ if TYPE_CHECKING:
     from batchllm.scheduler.prefix_groups import SharedPrefix
 
 
+# Placeholder for a token the GPU has sampled but the host has not seen yet (the engine launches the next
+# iteration before reading the last one's tokens); real token ids are never negative.
+PENDING_TOKEN = -1
+
+
 class RequestStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
@@ -41,6 +46,7 @@ class Request:
         self.arrival_index = arrival_index
         self.token_ids: list[int] = list(prompt_token_ids)  # prompt + generated, the tokens whose KV we compute
         self.output_logprobs: list[float] = []
+        self.pending_token_row = -1  # row of its PENDING_TOKEN in the in-flight iteration's sampled tokens
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
         self.block_ids: list[int] = []
@@ -57,6 +63,7 @@ class Request:
         self.computes_prefix_of: Optional["SharedPrefix"] = None
         self.group: Optional["SharedPrefix"] = None  # the prefix group whose KV this request starts from
         self.num_shared_blocks = 0  # leading block_ids borrowed from `group` (not this request's own)
+        self.has_attached_to_group = False  # counted once among the group's attached members
         self.rank: tuple = (self.priority, arrival_index)  # queue position: smaller runs earlier
         self.reserved_blocks = 0  # KV blocks counted for this request by memory-centric admission
         self.block_hashes: list = []  # prefix-caching hash chain of its full blocks
@@ -75,6 +82,11 @@ class Request:
         """Decode length the scheduler plans for: the user's hint, else max_tokens."""
         hint = self.params.decode_length_hint
         return self.max_output_tokens if hint is None else min(hint, self.max_output_tokens)
+
+    @property
+    def reached_max_output(self) -> bool:
+        """Its output is as long as allowed (counting a token still in flight): nothing more to schedule."""
+        return not self.is_prefix and self.num_output_tokens >= self.max_output_tokens
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
 
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.attention.shared_prefix_reference import build_shared_prefix_metadata
+from batchllm.engine.request import PENDING_TOKEN
+from batchllm.host_to_device import to_device
 from batchllm.runner.shared_segments import plan_segments
 from batchllm.scheduler.interface import ScheduledChunk
 
@@ -23,9 +26,17 @@ class ModelInputs:
 
 
 def prepare_inputs(
-    chunks: list[ScheduledChunk], block_size: int, device: torch.device, shared_prefix: bool = False
+    chunks: list[ScheduledChunk],
+    block_size: int,
+    device: torch.device,
+    shared_prefix: bool = False,
+    pending_tokens: Optional[torch.Tensor] = None,
 ) -> ModelInputs:
-    """Flat inputs of one iteration; with shared_prefix, also the shared segments of the prefix groups in it."""
+    """Flat inputs of one iteration; with shared_prefix, also the shared segments of the prefix groups in it.
+
+    A request's last token may still be PENDING_TOKEN: sampled by the iteration in flight, row
+    `request.pending_token_row` of `pending_tokens`, which the input ids take on the device.
+    """
     num_seqs = len(chunks)
     q_lens = np.fromiter((c.num_new_tokens for c in chunks), dtype=np.int64, count=num_seqs)
     starts = np.fromiter((c.request.num_computed_tokens for c in chunks), dtype=np.int64, count=num_seqs)
@@ -35,8 +46,14 @@ def prepare_inputs(
     total = int(query_start_loc[-1])
 
     flat_tokens: list[int] = []
+    pending_at: list[int] = []  # flat index of each input still on the device, and its row there
+    pending_rows: list[int] = []
     for chunk, start, n in zip(chunks, starts.tolist(), q_lens.tolist()):
-        flat_tokens.extend(chunk.request.token_ids[start : start + n])
+        request_tokens = chunk.request.token_ids
+        flat_tokens.extend(request_tokens[start : start + n])
+        if request_tokens[-1] == PENDING_TOKEN and start + n == len(request_tokens):
+            pending_at.append(len(flat_tokens) - 1)
+            pending_rows.append(chunk.request.pending_token_row)
     token_ids = np.array(flat_tokens, dtype=np.int64)
     # position of every token: its sequence's start offset plus its index within the chunk
     seq_of_token = np.repeat(np.arange(num_seqs), q_lens)
@@ -51,14 +68,11 @@ def prepare_inputs(
     sampled = [i for i, c in enumerate(chunks) if c.completes_sequence]
     logits_indices = query_start_loc[1:][sampled] - 1
 
-    def to_dev(array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
-        return torch.from_numpy(array).to(dtype).to(device, non_blocking=True)
-
     meta = AttentionMetadata(
-        query_start_loc=to_dev(query_start_loc, torch.int32),
-        seq_lens=to_dev(seq_lens, torch.int32),
-        block_tables=to_dev(block_tables, torch.int32),
-        slot_mapping=to_dev(slot_mapping, torch.int64),
+        query_start_loc=to_device(query_start_loc, torch.int32, device),
+        seq_lens=to_device(seq_lens, torch.int32, device),
+        block_tables=to_device(block_tables, torch.int32, device),
+        slot_mapping=to_device(slot_mapping, torch.int64, device),
         max_query_len=int(q_lens.max()),
         max_seq_len=int(seq_lens.max()),
         query_start_loc_cpu=query_start_loc.tolist(),
@@ -68,10 +82,15 @@ def prepare_inputs(
         segments, distinct_start = plan_segments(chunks, meta.query_start_loc_cpu, block_size)
         if segments:
             meta.shared = build_shared_prefix_metadata(segments, distinct_start, device)
+    input_ids = to_device(token_ids, torch.int64, device)
+    if pending_at:
+        if pending_tokens is None:
+            raise RuntimeError("inputs wait for sampled tokens but no iteration is in flight (a bug: please report)")
+        input_ids[to_device(pending_at, torch.int64, device)] = pending_tokens[to_device(pending_rows, torch.int64, device)]
     return ModelInputs(
-        input_ids=to_dev(token_ids, torch.int64),
-        positions=to_dev(positions, torch.int64),
+        input_ids=input_ids,
+        positions=to_device(positions, torch.int64, device),
         meta=meta,
-        logits_indices=to_dev(logits_indices, torch.int64),
+        logits_indices=to_device(logits_indices, torch.int64, device),
         sampled_chunks=[chunks[i] for i in sampled],
     )

@@ -22,9 +22,10 @@ from batchllm.model.arch_config import ArchConfig
 from batchllm.model.loader import load_model
 from batchllm.runner.cuda_graphs import DecodeGraphs
 from batchllm.runner.input_batch import prepare_inputs
+from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.runner.sampler import Sampler
 from batchllm.runner.shared_segments import order_for_sharing
-from batchllm.scheduler.interface import ScheduledChunk, SchedulerOutput
+from batchllm.scheduler.interface import SchedulerOutput
 from batchllm.scheduler.preemption import PreemptionCosts
 
 logger = logging.getLogger(__name__)
@@ -160,20 +161,26 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
         del caches
 
-    @torch.inference_mode()
-    def execute(self, plan: SchedulerOutput) -> tuple[list[ScheduledChunk], list[int], Optional[list[float]]]:
-        """Swap blocks, run the chunks; return the chunks that produced a token, their tokens and logprobs."""
+    def swap_blocks(self, plan: SchedulerOutput) -> None:
+        """The plan's KV copies to and from host memory (before its forward pass, if it has one)."""
         self._copy_blocks(plan.swap_out, to_host=True)
         self._copy_blocks(plan.swap_in, to_host=False)
+
+    @torch.inference_mode()
+    def launch(self, plan: SchedulerOutput, in_flight: Optional[SampledTokens] = None) -> SampledTokens:
+        """Swap blocks, queue the forward pass and the sampler on the GPU, start copying the tokens back.
+
+        `in_flight`: the previous iteration's tokens, which inputs still marked PENDING_TOKEN come from.
+        """
+        self.swap_blocks(plan)
         shared = getattr(self.backend, "uses_shared_prefix", False)
         chunks = order_for_sharing(plan.chunks) if shared else plan.chunks
-        inputs = prepare_inputs(chunks, self.block_size, self.device, shared_prefix=shared)
+        pending = in_flight.on_device if in_flight is not None else None
+        inputs = prepare_inputs(chunks, self.block_size, self.device, shared_prefix=shared, pending_tokens=pending)
         logits = self.decode_graphs.run(inputs) if self.decode_graphs is not None else None
         if logits is None:
             logits = self.model(
                 inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
             )
-        if not inputs.sampled_chunks:
-            return [], [], None
         tokens, logprobs = self.sampler.sample(logits, [c.request for c in inputs.sampled_chunks])
-        return inputs.sampled_chunks, tokens, logprobs
+        return SampledTokens.start_copy(inputs.sampled_chunks, tokens, logprobs)

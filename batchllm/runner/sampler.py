@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from batchllm.engine.request import Request
+from batchllm.host_to_device import to_device
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,9 @@ class Sampler:
             banned += self.eos_token_ids
         return banned
 
-    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[list[int], Optional[list[float]]]:
-        """Chosen token per row, and the chosen tokens' log-probabilities if any request asked."""
+    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Chosen token per row, and the chosen tokens' log-probabilities if any request asked, both on the
+        logits' device (the engine copies them to the host while the next iteration is being prepared)."""
         for row, request in enumerate(requests):
             banned = self._banned_until_min_tokens(request)
             if banned:
@@ -52,13 +54,13 @@ class Sampler:
         chosen = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if random_rows:
-            rows = torch.tensor(random_rows, device=logits.device)
+            rows = to_device(random_rows, torch.int64, logits.device)
             params = [requests[i].params for i in random_rows]
-            temps = torch.tensor([p.temperature for p in params], device=logits.device, dtype=logits.dtype)
+            temps = to_device([p.temperature for p in params], logits.dtype, logits.device)
             scaled = logits[rows] / temps.unsqueeze(1)
             if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
-                top_k = torch.tensor([p.top_k for p in params], device=logits.device)
-                top_p = torch.tensor([p.top_p for p in params], device=logits.device, dtype=logits.dtype)
+                top_k = to_device([p.top_k for p in params], torch.int64, logits.device)
+                top_p = to_device([p.top_p for p in params], logits.dtype, logits.device)
                 scaled = apply_top_k_top_p(scaled, top_k, top_p)
             probs = scaled.softmax(dim=-1)
             # Exponential race (argmax p/E, E~Exp(1)) samples from p; one draw per row keeps seeded rows
@@ -67,10 +69,9 @@ class Sampler:
             for j, row in enumerate(random_rows):
                 noise[j].exponential_(generator=self._generator_for(requests[row]))
             chosen[rows] = (probs / noise).argmax(dim=-1)
-        tokens = chosen.tolist()
         if logprobs_all is None:
-            return tokens, None
-        return tokens, logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1).tolist()
+            return chosen, None
+        return chosen, logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1)
 
     def _generator_for(self, request: Request) -> torch.Generator:
         if request.params.seed is None:

@@ -56,7 +56,6 @@ class BatchScheduler:
         self._parked: dict[int, list[Request]] = {}  # id(group) -> members waiting for its prefix
         self.running: list[Request] = []  # sorted by rank
         self.reserved_blocks = 0
-        self._attached_once: set[int] = set()
         self._resident_groups: dict[int, SharedPrefix] = {}  # id -> group whose prefix KV is in the pool
         self._pending_host_release: list[int] = []
         self._next_rank = 0
@@ -145,8 +144,9 @@ class BatchScheduler:
         request.num_shared_blocks = len(group.blocks)
         request.num_computed_tokens = group.prefix_len
         group.holders += 1
-        if id(request) not in self._attached_once:
-            self._attached_once.add(id(request))
+        if not request.has_attached_to_group:
+            # A flag on the request, not a set of id()s: ids of finished requests are reused by later ones.
+            request.has_attached_to_group = True
             group.unattached_members -= 1
             if group.unattached_members == 0:  # every member holds the blocks now: drop the group's own hold
                 self.pool.release(group.blocks[::-1])
@@ -178,6 +178,8 @@ class BatchScheduler:
         mode = self.config.preemption_mode
         if mode == "recompute" or self.host_pool is None or num_private_blocks == 0:
             return False
+        if request.reached_max_output:
+            return False  # it finishes when its in-flight token arrives: its KV is not needed again
         if num_private_blocks > self.host_pool.num_free:
             return False
         if mode == "swap":
@@ -258,7 +260,8 @@ class BatchScheduler:
         priority_preemptions = len(out.preempted)
         scheduled: set[int] = set()
 
-        decodes = [r for r in self.running if r.num_computed_tokens == r.num_tokens - 1]
+        # A request whose last allowed token is still in flight stops when it arrives: nothing to run.
+        decodes = [r for r in self.running if r.num_computed_tokens == r.num_tokens - 1 and not r.reached_max_output]
         prefills = [r for r in self.running if r.num_computed_tokens < r.num_tokens - 1]
         for request in decodes + prefills:
             if budget == 0:
@@ -375,6 +378,8 @@ class BatchScheduler:
             self._pending_host_release = []
         for chunk in out.chunks:
             request = chunk.request
+            if request.is_finished and not request.is_prefix:
+                continue  # stopped on a token that arrived after this iteration was launched
             if self.pool.enable_caching:
                 full = request.num_computed_tokens // self.block_size
                 extend_block_hashes(request, self.block_size, full)
@@ -404,5 +409,23 @@ class BatchScheduler:
             self._drop_group_holder(group)
 
     def finish_request(self, request: Request) -> None:
-        self.running.remove(request)
+        try:
+            self.running.remove(request)
+        except ValueError:
+            # Preempted after its last token was sampled, before the token reached the host: it waits
+            # in a queue (or parked), perhaps with its private KV swapped out.
+            self._forget_waiting(request)
         self._release_request_blocks(request)
+
+    def _forget_waiting(self, request: Request) -> None:
+        queue = self._waiting.get(request.priority)
+        if queue is not None and request in queue:
+            queue.remove(request)
+        else:
+            for parked in self._parked.values():
+                if request in parked:
+                    parked.remove(request)
+                    break
+        if request.swapped_blocks is not None:
+            self.host_pool.release(request.swapped_blocks)
+            request.swapped_blocks = None

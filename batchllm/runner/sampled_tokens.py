@@ -1,0 +1,44 @@
+"""Tokens sampled by a launched iteration, on their way to the host while the GPU runs on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from batchllm.scheduler.interface import ScheduledChunk
+
+
+@dataclass
+class SampledTokens:
+    chunks: list[ScheduledChunk]  # the chunks that sampled a token, in row order
+    on_device: torch.Tensor  # the next iteration takes its not-yet-known input tokens from here
+    tokens_host: torch.Tensor
+    logprobs_host: Optional[torch.Tensor]
+    copied: Optional[torch.cuda.Event]  # None on CPU, where the copy is done when it returns
+    token_positions: list[int] = field(default_factory=list)  # where each row's token goes in its request (engine)
+
+    @classmethod
+    def start_copy(
+        cls, chunks: list[ScheduledChunk], tokens: torch.Tensor, logprobs: Optional[torch.Tensor]
+    ) -> "SampledTokens":
+        """Queue the device-to-host copies behind the iteration's kernels; nothing waits for them here."""
+        if tokens.device.type != "cuda":
+            return cls(chunks, tokens, tokens, logprobs, None)
+
+        def to_pinned(tensor: torch.Tensor) -> torch.Tensor:
+            return torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor, non_blocking=True)
+
+        tokens_host = to_pinned(tokens)
+        logprobs_host = to_pinned(logprobs) if logprobs is not None else None
+        copied = torch.cuda.Event()
+        copied.record()
+        return cls(chunks, tokens, tokens_host, logprobs_host, copied)
+
+    def to_host(self) -> tuple[list[int], Optional[list[float]]]:
+        """Wait for the copies (the GPU goes on with whatever was launched after them); tokens, logprobs."""
+        if self.copied is not None:
+            self.copied.synchronize()
+        logprobs = self.logprobs_host.tolist() if self.logprobs_host is not None else None
+        return self.tokens_host.tolist(), logprobs
