@@ -21,14 +21,15 @@ done
 [[ $part == files ]] && exit 0
 peer=(); [[ -f $W/vllm.jsonl ]] && peer=(--peer-results $W/vllm.jsonl)
 COMPARE=${COMPARE:-batchllm,vllm-like}  # e.g. COMPARE=batchllm,batchllm-no-overlap
+HF=${HF:-0}  # HF=32: also time transformers generate_batch on the first 32 requests
 B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
 {
   for name in micro-2000-200-16-100 multilevel noshare; do
     short=${name%%-*}
     if [[ $part == $short || $part == all ]]; then
       mkdir -p $OUT/tr_$short
-      timeout 200 $B --input $W/$name.jsonl --compare $COMPARE "${peer[@]}" --out $OUT/$short.json \
-          --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -6
+      timeout 400 $B --input $W/$name.jsonl --compare $COMPARE --hf-requests $HF "${peer[@]}" --out $OUT/$short.json \
+          --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -14
     fi
   done
   if [[ $part == check ]]; then
