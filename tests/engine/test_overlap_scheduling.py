@@ -23,6 +23,11 @@ CASES = {
     "vllm-like-stops": (dict(scheduling="vllm-like", preemption_mode="recompute"),
                         SamplingParams(temperature=0.9, top_p=0.8, seed=5, max_tokens=10,
                                        stop_token_ids=[5, 7, 9, 11, 13, 17])),
+    # Urgent requests preempt running ones, which may be admitted again in the same iteration while
+    # their newest token is still in flight.
+    "batchllm-priorities": (dict(scheduling="batchllm"),
+                            [SamplingParams(temperature=0.0, max_tokens=14, priority=i % 3, decode_length_hint=1)
+                             for i in range(18)]),
 }
 
 
