@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Device-tool run of the end-to-end table (issue 6): llama-3.1-8b dummy bf16, micro / multilevel / noshare,
 # BatchLLM against our vllm-like baseline, plus vLLM's numbers for the same files when they are there.
-# usage: bash benchmarks/gpu_suite.sh [micro|multilevel|noshare|check|all]     (all: about 4 minutes)
+# usage: bash benchmarks/gpu_suite.sh [micro|multilevel|noshare|decode|check|files|all]     (all: about 5 minutes)
 #
 # vLLM in the same lease (see ../shared/peers/README.md for carrying its wheels into /root/site first):
 #   bash benchmarks/gpu_suite.sh files        # writes the workload files to $W (default /root/w)
@@ -14,22 +14,27 @@ W=${W:-/root/w}
 OUT=${OUT:-out}
 mkdir -p $OUT $W
 part=${1:-all}
-declare -A REQUESTS=([micro-2000-200-16-100]=1024 [multilevel]=512 [noshare]=512)
-for name in "${!REQUESTS[@]}"; do
-  [[ -f $W/$name.jsonl ]] || python3 benchmarks/workloads.py $name --requests ${REQUESTS[$name]} -o $W/$name.jsonl
+# part -> workload file and its request count; "decode" (short prompts, 2000-token outputs) is the
+# decode-heavy case whose floor is the bandwidth one; "all" runs the three of the issue's table.
+declare -A FILE=([micro]=micro-2000-200-16-100 [multilevel]=multilevel [noshare]=noshare [decode]=micro-100-400-1-2000)
+declare -A REQUESTS=([micro]=1024 [multilevel]=512 [noshare]=512 [decode]=256)
+# configurations per part unless COMPARE is set (e.g. COMPARE=batchllm,batchllm-no-overlap)
+declare -A CONFIGS=([micro]=batchllm,vllm-like [multilevel]=batchllm,batchllm-multilevel,vllm-like
+                    [noshare]=batchllm,vllm-like [decode]=batchllm,vllm-like)
+for short in "${!FILE[@]}"; do
+  name=${FILE[$short]}
+  [[ -f $W/$name.jsonl ]] || python3 benchmarks/workloads.py $name --requests ${REQUESTS[$short]} -o $W/$name.jsonl
 done
 [[ $part == files ]] && exit 0
 peer=(); [[ -f $W/vllm.jsonl ]] && peer=(--peer-results $W/vllm.jsonl)
-COMPARE=${COMPARE:-batchllm,vllm-like}  # e.g. COMPARE=batchllm,batchllm-no-overlap
 HF=${HF:-0}  # HF=32: also time transformers generate_batch on the first 32 requests
 B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
 {
-  for name in micro-2000-200-16-100 multilevel noshare; do
-    short=${name%%-*}
-    if [[ $part == $short || $part == all ]]; then
+  for short in micro multilevel noshare decode; do
+    if [[ $part == $short || ($part == all && $short != decode) ]]; then
       mkdir -p $OUT/tr_$short
-      timeout 400 $B --input $W/$name.jsonl --compare $COMPARE --hf-requests $HF "${peer[@]}" --out $OUT/$short.json \
-          --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -14
+      timeout 400 $B --input $W/${FILE[$short]}.jsonl --compare ${COMPARE:-${CONFIGS[$short]}} --hf-requests $HF \
+          "${peer[@]}" --out $OUT/$short.json --trace-dir $OUT/tr_$short 2>&1 | grep -v "it/s\|^{" | tail -14
     fi
   done
   if [[ $part == check ]]; then
