@@ -84,6 +84,9 @@ class SchedulerConfig:
     token_batching: "memory" admits requests while the KV they will need (prompt + expected output,
         shared blocks once) fits memory_threshold of the pool, with no request cap; "count" admits while
         blocks are free now and fewer than max_num_seqs run (vLLM-style).
+    memory_threshold: the share of the pool memory-centric admission may promise. Above 1 it over-commits:
+        more requests decode side by side (each step's weight read serves more of them) and the engine
+        preempts when blocks run out, as the count rule does.
     prefix_caching: automatic prefix caching of full KV blocks with LRU eviction (vLLM-style).
     preemption_mode: "auto" picks swap to host memory or recompute by estimated cost; or force one.
     swap_space_bytes: pinned host memory for swapped-out KV blocks.
@@ -109,8 +112,8 @@ class SchedulerConfig:
             raise ValueError(f"max_num_seqs={self.max_num_seqs} must be at least 1 (or None for no cap)")
         if self.token_batching not in ("memory", "count"):
             raise ValueError(f"token_batching={self.token_batching!r} is unknown; use 'memory' or 'count'")
-        if not 0.0 < self.memory_threshold <= 1.0:
-            raise ValueError(f"memory_threshold={self.memory_threshold} must be in (0, 1]")
+        if not 0.0 < self.memory_threshold <= 4.0:
+            raise ValueError(f"memory_threshold={self.memory_threshold} must be in (0, 4] (above 1 over-commits)")
         if self.preemption_mode not in ("auto", "recompute", "swap"):
             raise ValueError(f"preemption_mode={self.preemption_mode!r} is unknown; use 'auto', 'recompute' or 'swap'")
         if self.swap_space_bytes < 0:

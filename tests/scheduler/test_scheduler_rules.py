@@ -67,6 +67,24 @@ def test_memory_mode_never_reserves_beyond_threshold_and_has_no_count_cap():
     assert len(out.chunks) == 10 and scheduler.reserved_blocks == 30
 
 
+def test_memory_threshold_above_one_over_commits_and_preempts_when_blocks_run_out():
+    pool = BlockPool(30)
+    config = SchedulerConfig.preset("batchllm", max_num_batched_tokens=1000, memory_threshold=2.0,
+                                    prefix_clustering=False, preemption_mode="recompute")
+    scheduler = BatchScheduler(config, pool, block_size=4)
+    # 3 blocks each at the end: 20 of them promise 60 blocks of a 30-block pool, which threshold 2 allows
+    requests = [make_request(i, [i + 1] * 6, max_tokens=6) for i in range(20)]
+    scheduler.add_requests(requests)
+    out = scheduler.schedule()
+    assert len(out.chunks) == 15 and scheduler.reserved_blocks == 45  # 2 blocks each now: the pool is full
+    finished = []
+    run_step(scheduler, out, finished)
+    while scheduler.has_unfinished():
+        run_step(scheduler, scheduler.schedule(), finished)
+    assert sorted(finished, key=lambda r: r.arrival_index) == requests
+    assert scheduler.counters.preemptions > 0 and pool.num_free == pool.num_blocks
+
+
 def test_decode_first_orders_by_decode_per_prefill():
     long_decode = make_request(0, [1] * 10, max_tokens=100)
     long_prefill = make_request(1, [2] * 500, max_tokens=10)
