@@ -27,3 +27,13 @@ def test_profile_engine_reports_iterations_and_kernel_groups():
 def test_shared_prefix_benchmark_smoke():
     out = _run("benchmarks/bench_shared_prefix.py", "--smoke", "--no-sweep", interpret=True)
     assert "unf/fused" in out and "targets:" in out
+
+
+def test_replay_schedule_prints_each_configuration():
+    out = _run("benchmarks/replay_schedule.py", "--workload", "micro-64-16-4-4", "--requests", "16",
+               "--compare", "batchllm,vllm-like", "--kv-blocks", "400", "--estimate")  # fmt: skip
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[2:]}
+    assert set(rows) == {"batchllm", "vllm-like"}
+    # the prefix groups prefill each 64-token prefix once; the baseline's LRU cache finds it after the first
+    assert int(rows["batchllm"][2]) <= int(rows["vllm-like"][2])
+    assert all(float(r[-1]) > 0 for r in rows.values())
