@@ -19,8 +19,10 @@ part=${1:-all}
 declare -A FILE=([micro]=micro-2000-200-16-100 [multilevel]=multilevel [noshare]=noshare [decode]=micro-100-400-1-2000)
 declare -A REQUESTS=([micro]=1024 [multilevel]=512 [noshare]=512 [decode]=256)
 # configurations per part unless COMPARE is set (e.g. COMPARE=batchllm,batchllm-no-overlap)
-declare -A CONFIGS=([micro]=batchllm,batchllm-overcommit,vllm-like [multilevel]=batchllm,batchllm-multilevel,vllm-like
-                    [noshare]=batchllm,vllm-like [decode]=batchllm,batchllm-overcommit,vllm-like)
+declare -A CONFIGS=([micro]=batchllm,batchllm-threshold-1.1,vllm-like
+                    [multilevel]=batchllm,batchllm-multilevel,vllm-like
+                    [noshare]=batchllm,batchllm-threshold-1.1,vllm-like
+                    [decode]=batchllm,batchllm-threshold-2,vllm-like)
 for short in "${!FILE[@]}"; do
   name=${FILE[$short]}
   [[ -f $W/$name.jsonl ]] || python3 benchmarks/workloads.py $name --requests ${REQUESTS[$short]} -o $W/$name.jsonl

@@ -29,7 +29,8 @@ CONFIGS: dict[str, BenchConfig] = {
     "+memory-batching": BenchConfig("vllm-like", "triton-unfused", {"token_batching": "memory"}),
     "batchllm-unfused": BenchConfig("batchllm", "triton-unfused"),
     "batchllm-multilevel": BenchConfig("batchllm", "triton", {"multi_level": True}),
-    "batchllm-overcommit": BenchConfig("batchllm", "triton", {"memory_threshold": 2.0}),
+    "batchllm-threshold-1.1": BenchConfig("batchllm", "triton", {"memory_threshold": 1.1}),
+    "batchllm-threshold-2": BenchConfig("batchllm", "triton", {"memory_threshold": 2.0}),
     "batchllm-no-overlap": BenchConfig("batchllm", "triton", overlap_scheduling=False),
     "vllm-like-no-overlap": BenchConfig("vllm-like", "triton-unfused", overlap_scheduling=False),
 }
