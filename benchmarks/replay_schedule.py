@@ -5,7 +5,7 @@ plus the KV blocks in use over copy bandwidth, or the batch's matmul FLOPs over 
 is larger) to compare schedules before spending device time on them.
 
 usage: python benchmarks/replay_schedule.py --workload multilevel --requests 512 \\
-           --compare batchllm,batchllm-multilevel,vllm-like --kv-blocks 26263 --estimate
+           --compare batchllm,batchllm-multilevel,vllm-like --estimate
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ def main() -> None:
     parser.add_argument("--workload", default="micro-2000-200-16-100")
     parser.add_argument("--requests", type=int, default=1024)
     parser.add_argument("--compare", default="batchllm,vllm-like")
-    parser.add_argument("--kv-blocks", type=int, default=26263, help="KV pool size (an H100 gives llama-3.1-8b ~26k)")
+    parser.add_argument("--kv-blocks", type=int, default=27500,
+                        help="KV pool size (27500 reproduces the H100 runs of llama-3.1-8b)")
     parser.add_argument("--estimate", action="store_true", help="add a roofline estimate of GPU seconds")
     parser.add_argument("--arch", default=os.path.join(HERE, "models", "llama-3.1-8b"), help="model of the estimate")
     parser.add_argument("--matmul-tflops", type=float, default=780.0)
