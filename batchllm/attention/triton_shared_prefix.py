@@ -48,7 +48,6 @@ import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
 from batchllm.attention.triton_kv_loop import NEG_BIG, attend_kv_range
-from batchllm.host_to_device import to_device
 from batchllm.attention.triton_paged import LOG2E, _check_inputs, _find_seq
 from batchllm.attention.triton_utils import (
     cdiv,
@@ -58,6 +57,7 @@ from batchllm.attention.triton_utils import (
     num_sms,
     upcast_dot,
 )
+from batchllm.host_to_device import to_device
 
 
 

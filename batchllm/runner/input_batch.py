@@ -86,7 +86,8 @@ def prepare_inputs(
     if pending_at:
         if pending_tokens is None:
             raise RuntimeError("inputs wait for sampled tokens but no iteration is in flight (a bug: please report)")
-        input_ids[to_device(pending_at, torch.int64, device)] = pending_tokens[to_device(pending_rows, torch.int64, device)]
+        rows = to_device(pending_rows, torch.int64, device)
+        input_ids[to_device(pending_at, torch.int64, device)] = pending_tokens[rows]
     return ModelInputs(
         input_ids=input_ids,
         positions=to_device(positions, torch.int64, device),

@@ -378,7 +378,7 @@ class BatchScheduler:
             self._pending_host_release = []
         for chunk in out.chunks:
             request = chunk.request
-            if request.is_finished and not request.is_prefix:
+            if request.is_finished:
                 continue  # stopped on a token that arrived after this iteration was launched
             if self.pool.enable_caching:
                 full = request.num_computed_tokens // self.block_size
