@@ -8,8 +8,8 @@ Batches whose prefix groups share KV (meta.shared) are graphed too: the fused ke
 for the most shared tiles a batch of that bucket can have (tiles past the real ones exit at once), its
 tile height and split count are fixed per bucket, and the segment tables live in static buffers
 refilled before each replay. So one graph per (bucket, levels) serves every grouping: one-level graphs
-are captured up front with the plain ones (when the backend shares prefixes), deeper ones when a batch
-first needs them.
+are captured up front with the plain ones (when the backend shares prefixes), two-level ones up front
+when multi-level grouping is on, and any other when a batch first needs it.
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ from batchllm.attention.triton_shared_prefix import (
 from batchllm.model.decoder import DecoderForCausalLM
 from batchllm.runner.input_batch import ModelInputs
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 768, 1024)
+# Powers of two up to 256 rows, where a decode step is bound by weight bytes and padding rows are nearly
+# free; past the ridge (about 260 rows on an H100) the GEMMs are compute-bound and every padding row
+# costs, so the steps there are 32, then 64 rows (at most about 12 % padding).
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256) + tuple(range(288, 513, 32)) + tuple(range(576, 1025, 64))
 MAX_SHARED_LEVELS = 2  # deeper chains run eagerly
 
 GraphKey = tuple[int, Optional[DecodeGraphShape]]
@@ -79,13 +82,15 @@ class DecodeGraphs:
             self._capture((bucket, None))
         self.capture_shared_graphs()
 
-    def capture_shared_graphs(self) -> None:
-        """Capture the one-level shared-segment graph of every bucket, if the backend shares prefixes."""
+    def capture_shared_graphs(self, num_levels: int = 1) -> None:
+        """Capture the shared-segment graphs of every bucket for 1..num_levels levels (capped at
+        MAX_SHARED_LEVELS), if the backend shares prefixes, so a timed run captures none."""
         if getattr(self.backend, "uses_shared_prefix", False):
-            for bucket in reversed(self.buckets[1:]):  # a segment needs two rows
-                key = self._shared_key(bucket, 1)
-                if key not in self.graphs:
-                    self._capture(key)
+            for levels in range(1, min(num_levels, MAX_SHARED_LEVELS) + 1):
+                for bucket in reversed(self.buckets[1:]):  # a segment needs two rows
+                    key = self._shared_key(bucket, levels)
+                    if key not in self.graphs:
+                        self._capture(key)
 
     def _shared_key(self, bucket: int, num_levels: int) -> GraphKey:
         return bucket, decode_graph_shape(bucket, num_levels, *self.heads, self.dtype, self.device)

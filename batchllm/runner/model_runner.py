@@ -84,6 +84,11 @@ class ModelRunner:
         elif self.decode_graphs is not None:
             self.decode_graphs = None
 
+    def prepare_shared_levels(self, num_levels: int) -> None:
+        """Capture decode graphs for batches whose groups nest `num_levels` deep before a timed batch needs them."""
+        if self.decode_graphs is not None:
+            self.decode_graphs.capture_shared_graphs(num_levels)
+
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"
         return PreemptionCosts(
