@@ -20,7 +20,7 @@ declare -A FILE=([micro]=micro-2000-200-16-100 [multilevel]=multilevel [noshare]
 declare -A REQUESTS=([micro]=1024 [multilevel]=512 [noshare]=512 [decode]=256)
 # configurations per part unless COMPARE is set (e.g. COMPARE=batchllm,batchllm-no-overlap)
 declare -A CONFIGS=([micro]=batchllm,batchllm-threshold-1.1,vllm-like
-                    [multilevel]=batchllm,batchllm-multilevel,vllm-like
+                    [multilevel]=batchllm,batchllm-single-level,vllm-like
                     [noshare]=batchllm,batchllm-threshold-1.1,vllm-like
                     [decode]=batchllm,batchllm-threshold-2,vllm-like)
 for short in "${!FILE[@]}"; do

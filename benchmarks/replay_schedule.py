@@ -5,7 +5,7 @@ plus the KV blocks in use over copy bandwidth, or the batch's matmul FLOPs over 
 is larger) to compare schedules before spending device time on them.
 
 usage: python benchmarks/replay_schedule.py --workload multilevel --requests 512 \\
-           --compare batchllm,batchllm-multilevel,vllm-like --estimate
+           --compare batchllm,batchllm-single-level,vllm-like --estimate
 """
 
 from __future__ import annotations

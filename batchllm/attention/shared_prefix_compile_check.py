@@ -68,6 +68,17 @@ def kernel_configs(quick: bool = False) -> list[tuple[str, torch.dtype, dict, in
             ce = dict(ce, HAS_SHARED=False, HAS_DECODE=True, HAS_EXTEND=False)
             warps = cfg.num_warps or 4
             out.append((f"cascade-distinct-{tag}", dtype, ce, warps, cfg.num_stages, tsp._maxnreg(cfg, warps)))
+            pre = tsp.shared_prefix_config(hq, hkv, d, dtype, prefill_heavy=True)
+            if pre != cfg:  # prefill-heavy launches: shared + extend tiles, with or without leading decodes
+                e_block_m = max(pre.extend_block_m, next_pow2(g))
+                ce = dict(
+                    ce, S_BLOCK_M=pre.shared_block_m, S_BLOCK_Q=pre.shared_block_m // g, S_BLOCK_N=pre.shared_block_n,
+                    D_BLOCK_N=pre.decode_block_n, E_BLOCK_M=e_block_m, E_BLOCK_Q=e_block_m // g,
+                    E_BLOCK_N=pre.extend_block_n, HAS_SHARED=True, HAS_DECODE=True, HAS_EXTEND=True,
+                )  # fmt: skip
+                warps = pre.num_warps or 8
+                out.append((f"fused-prefill-m{pre.shared_block_m}-{tag}", dtype, ce, warps, pre.num_stages,
+                            tsp._maxnreg(pre, warps)))  # fmt: skip
     return out
 
 

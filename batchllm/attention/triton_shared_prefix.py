@@ -78,9 +78,25 @@ class SharedPrefixConfig:
     maxnreg: int | None = None
 
 
-def shared_prefix_config(num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> SharedPrefixConfig:
+# A launch with at least this many query tokens beyond one per sequence is prefill-heavy: its time is
+# then the member-prefill and extend tiles', which want taller tiles and 8 warps.
+PREFILL_HEAVY_TOKENS = 512
+
+
+def is_prefill_heavy(num_tokens: int, num_seqs: int) -> bool:
+    return num_tokens - num_seqs >= PREFILL_HEAVY_TOKENS
+
+
+def shared_prefix_config(
+    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, prefill_heavy: bool = False
+) -> SharedPrefixConfig:
+    """Tile shapes for a launch; `prefill_heavy` launches (see is_prefill_heavy) get their own in 16-bit."""
     if dtype == torch.float32:  # twice the registers per element: smaller tiles
         return SharedPrefixConfig(64, 32, 32, 64, 32, 4, 2)
+    if head_dim <= 128 and prefill_heavy:
+        # Best of the prefill sweep on an H100 (bench_prefill_attention.py): 1.33-1.46x the decode tiles
+        # on micro / multilevel prefill iterations, and at least as fast as the unfused paged kernel.
+        return SharedPrefixConfig(128, 64, 64, 128, 64, 8, 2)
     if head_dim <= 128:
         # Best of the config sweep on an H200 (bench_shared_prefix.py, degree 16, batch 256 and 1024).
         return SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3)
@@ -563,7 +579,9 @@ def shared_prefix_attention_triton(
         return out
     num_kv_heads = k_cache.shape[2]
     group = num_q_heads // num_kv_heads
-    cfg = config or shared_prefix_config(num_q_heads, num_kv_heads, head_dim, query.dtype)
+    cfg = config or shared_prefix_config(
+        num_q_heads, num_kv_heads, head_dim, query.dtype, prefill_heavy=is_prefill_heavy(num_tokens, meta.num_seqs)
+    )
     plan = _get_plan(meta, cfg, group, num_kv_heads, query.device, shared_splits)
 
     num_parts = shared.num_levels * plan.splits + 1
@@ -633,21 +651,28 @@ def shared_prefix_attention_triton(
 def precompile_shared_prefix_kernels(
     num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, block_size: int
 ) -> int:
-    """Launch every variant of the fused kernel an engine can hit (2 shared tile heights x decode-only /
-    extend-only / mixed regions) once on tiny batches, so that no batch shape pays a Triton JIT compile
-    (seconds each) in the middle of a run. Returns the number of launches."""
+    """Launch every variant of the fused kernel an engine can hit (decode and prefill-heavy tile configs x
+    2 shared tile heights x decode-only / extend-only / mixed regions) once on tiny batches, so that no
+    batch shape pays a Triton JIT compile (seconds each) in the middle of a run. Returns the number of
+    launches."""
     from batchllm.attention.shared_prefix_workload import PrefixNode, SeqSpec, make_shared_batch
 
     group = num_q_heads // num_kv_heads
     small_members = 2  # rows = 2 * G: the small tile height
     large_members = max(16, next_pow2(group)) // group + 1  # just over it: the large tile height
+    decode_cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    prefill_cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype, prefill_heavy=True)
     launches = 0
-    for members in (small_members, large_members):
-        for q_lens in ((1,) * members, (2,) * members, (1,) * (members - 1) + (2,)):
-            nodes = [PrefixNode(-1, 2 * block_size)]
-            seqs = [SeqSpec(0, q + 1, q) for q in q_lens]
-            batch = make_shared_batch(nodes, seqs, num_q_heads, num_kv_heads, head_dim, dtype, device,
-                                      block_size=block_size, poison=False, min_members=2)  # fmt: skip
-            shared_prefix_attention_triton(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale)
-            launches += 1
+    for cfg in dict.fromkeys((decode_cfg, prefill_cfg)):
+        for members in (small_members, large_members):
+            for q_lens in ((1,) * members, (2,) * members, (1,) * (members - 1) + (2,)):
+                if cfg != decode_cfg and max(q_lens) == 1:  # a decode-only batch is never prefill-heavy
+                    continue
+                nodes = [PrefixNode(-1, 2 * block_size)]
+                seqs = [SeqSpec(0, q + 1, q) for q in q_lens]
+                batch = make_shared_batch(nodes, seqs, num_q_heads, num_kv_heads, head_dim, dtype, device,
+                                          block_size=block_size, poison=False, min_members=2)  # fmt: skip
+                shared_prefix_attention_triton(batch.query, batch.k_cache, batch.v_cache, batch.meta, batch.scale,
+                                               config=cfg)  # fmt: skip
+                launches += 1
     return launches

@@ -28,7 +28,7 @@ CONFIGS: dict[str, BenchConfig] = {
     "+decode-first": BenchConfig("vllm-like", "triton-unfused", {"decode_first": True}),
     "+memory-batching": BenchConfig("vllm-like", "triton-unfused", {"token_batching": "memory"}),
     "batchllm-unfused": BenchConfig("batchllm", "triton-unfused"),
-    "batchllm-multilevel": BenchConfig("batchllm", "triton", {"multi_level": True}),
+    "batchllm-single-level": BenchConfig("batchllm", "triton", {"multi_level": False}),
     "batchllm-threshold-1.1": BenchConfig("batchllm", "triton", {"memory_threshold": 1.1}),
     "batchllm-threshold-2": BenchConfig("batchllm", "triton", {"memory_threshold": 2.0}),
     "batchllm-no-overlap": BenchConfig("batchllm", "triton", overlap_scheduling=False),

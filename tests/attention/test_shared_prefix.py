@@ -31,6 +31,7 @@ from batchllm.attention.triton_shared_prefix import (  # noqa: E402
     decode_graph_max_segments,
     decode_graph_shape,
     decode_graph_tile_starts,
+    is_prefill_heavy,
     pin_decode_graph_plan,
     precompile_shared_prefix_kernels,
     shared_prefix_attention_triton,
@@ -277,6 +278,46 @@ def test_precompile_covers_every_variant_a_batch_can_select(monkeypatch):
     assert len(precompiled) == 6 and seen <= precompiled, seen - precompiled
 
 
+def test_precompile_covers_prefill_heavy_launches(monkeypatch):
+    """16-bit launches switch to the prefill tiles when prefill-heavy: those variants are precompiled too."""
+    import batchllm.attention.triton_shared_prefix as tsp
+
+    seen = set()
+    real = tsp._get_plan
+
+    def spy(meta, cfg, *args):
+        plan = real(meta, cfg, *args)
+        seen.add((cfg, _variant(plan)))
+        return plan
+
+    monkeypatch.setattr(tsp, "_get_plan", spy)
+    heads, head_dim, dtype = (8, 2), 32, torch.bfloat16
+    assert precompile_shared_prefix_kernels(*heads, head_dim, dtype, DEVICE, 16) == 10
+    precompiled = set(seen)
+    selected = set()
+    for seed, (nodes, seqs) in enumerate([uniform_groups(2, d, 32, 140, q) for d in (2, 8) for q in (1, 70, 130)]
+                                         + [mixed(), two_level()]):
+        b = batch(nodes, seqs, heads=heads, head_dim=head_dim, dtype=dtype, seed=seed, min_members=2)
+        heavy = is_prefill_heavy(b.query.shape[0], b.meta.num_seqs)
+        cfg = shared_prefix_config(*heads, head_dim, dtype, prefill_heavy=heavy)
+        selected.add((cfg, _variant(real(b.meta, cfg, heads[0] // heads[1], heads[1], DEVICE, None))))
+    prefill_cfg = shared_prefix_config(*heads, head_dim, dtype, prefill_heavy=True)
+    assert prefill_cfg != shared_prefix_config(*heads, head_dim, dtype)
+    assert any(cfg == prefill_cfg for cfg, _ in selected), "no batch of the list was prefill-heavy"
+    assert selected <= precompiled, selected - precompiled
+
+
+def test_prefill_tiles_match_reference():
+    """The prefill-heavy tile config (taller shared and extend tiles) computes the same attention."""
+    cfg = shared_prefix_config(4, 2, 32, torch.bfloat16, prefill_heavy=True)
+    assert cfg.shared_block_m == cfg.extend_block_m == 128
+    nodes, seqs = uniform_groups(2, 3, 32, 40, 40)
+    check(batch(nodes + [PrefixNode(-1, 16)], seqs + [SeqSpec(2, 9, 1), SeqSpec(-1, 70, 70)], seed=5), config=cfg)
+    check(batch(*mixed(), seed=6), config=cfg)
+    check(batch(*two_level(), seed=7), config=cfg)
+    assert is_prefill_heavy(600, 80) and not is_prefill_heavy(600, 100)
+
+
 # ------------------------------------------------------------------------------ CUDA-graph launch shape
 
 
@@ -385,6 +426,21 @@ def test_gpu_llama8b_mixed_two_level_and_cascade():
     check(b, cascade=True)
     check(b, shared_splits=4)
     check(batch(nodes, seqs, heads=(32, 8), head_dim=128, dtype=torch.float32, seed=31))
+
+
+@gpu
+def test_gpu_llama8b_prefill_heavy_uses_prefill_tiles():
+    """A micro-benchmark prefill iteration (16 members' 200 own tokens over a 2000-token prefix, twice,
+    after 64 decodes) launches the prefill tiles and matches the reference."""
+    nodes, seqs = uniform_groups(2, 16, 2000 // 16 * 16, 200, 200)
+    dec_nodes, dec_seqs = uniform_groups(4, 16, 2000 // 16 * 16, 230)
+    dec_seqs = [SeqSpec(s.node + 2, s.distinct_len, 1) for s in dec_seqs]
+    b = batch(nodes + dec_nodes, dec_seqs + seqs, heads=(32, 8), head_dim=128, dtype=torch.bfloat16, seed=33,
+              poison=False)  # fmt: skip
+    assert is_prefill_heavy(b.query.shape[0], b.meta.num_seqs)
+    check(b)
+    cfg = shared_prefix_config(32, 8, 128, torch.bfloat16, prefill_heavy=True)
+    assert _get_plan(b.meta, cfg, 4, 8, b.query.device, None).s_block_m == 128
 
 
 @gpu

@@ -21,6 +21,8 @@ def test_shared_prefix_kernels_compile_for_sm90():
     assert r["async_copies"] > 0 and r["wgmma"] > 0, r  # shared tiles: pipelined loads, Hopper MMA
     assert reports[f"fused-decode-m16-{tag}"]["mma"] > 0
     assert reports[f"fused-mixed-m{big}-{tag}"]["wgmma"] > 0
+    prefill = reports[f"fused-prefill-m128-{tag}"]  # prefill-heavy launches: 128-row tiles, 8 warps
+    assert prefill["wgmma"] > 0 and prefill["async_copies"] > 0 and prefill["num_warps"] == 8, prefill
     assert all(r["shared_bytes"] <= 227 * 1024 for r in reports.values())  # fits H100 shared memory
     for name in (f"fused-decode-m{big}-{tag}", f"cascade-shared-m{big}-{tag}", f"cascade-distinct-{tag}"):
         r = reports[name]

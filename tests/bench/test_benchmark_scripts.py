@@ -29,6 +29,12 @@ def test_shared_prefix_benchmark_smoke():
     assert "unf/fused" in out and "targets:" in out
 
 
+def test_prefill_attention_benchmark_smoke():
+    out = _run("benchmarks/bench_prefill_attention.py", "--smoke", interpret=True)
+    rows = [line.split()[0] for line in out.splitlines()[-4:]]
+    assert rows == ["micro-members", "micro-mixed", "prefix-prefill", "multilevel"], out[-1000:]
+
+
 def test_replay_schedule_prints_each_configuration():
     out = _run("benchmarks/replay_schedule.py", "--workload", "micro-64-16-4-4", "--requests", "16",
                "--compare", "batchllm,vllm-like", "--kv-blocks", "400", "--estimate")  # fmt: skip
