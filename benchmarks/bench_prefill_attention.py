@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from attention_timing import bench_ms, check, empty_cache  # noqa: E402
 
-from batchllm.attention.shared_prefix_workload import PrefixNode, SeqSpec, make_shared_batch  # noqa: E402
+from batchllm.attention.shared_prefix_workload import PrefixNode, SeqSpec, _chain, make_shared_batch  # noqa: E402
 from batchllm.attention.triton_paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton_shared_prefix import (  # noqa: E402
     SharedPrefixConfig,
@@ -67,14 +67,14 @@ def cases(scale: int) -> dict[str, tuple[list[PrefixNode], list[SeqSpec]]]:
     }
 
 
+def context_len(seq: SeqSpec, nodes: list[PrefixNode]) -> int:
+    return seq.distinct_len + sum(nodes[n].num_tokens for n in _chain(nodes, seq.node))
+
+
 def attention_flops(seqs: list[SeqSpec], nodes: list[PrefixNode]) -> float:
     total = 0.0
     for s in seqs:
-        ctx = s.distinct_len
-        node = s.node
-        while node >= 0:
-            ctx += nodes[node].num_tokens
-            node = nodes[node].parent
+        ctx = context_len(s, nodes)
         # query i (0-based among the last q_len) sees ctx - q_len + i + 1 keys
         total += s.q_len * (ctx - s.q_len) + s.q_len * (s.q_len + 1) / 2
     return 4.0 * HQ * D * total
@@ -84,11 +84,7 @@ def sdpa_yardstick(seqs: list[SeqSpec], nodes: list[PrefixNode], device: str):
     """Dense SDPA over the prefill sequences' shapes (no mask, expanded KV heads): same order of FLOPs."""
     prefill = [s for s in seqs if s.q_len > 1]
     q_len = prefill[0].q_len
-    ctx = prefill[0].distinct_len
-    node = prefill[0].node
-    while node >= 0:
-        ctx += nodes[node].num_tokens
-        node = nodes[node].parent
+    ctx = context_len(prefill[0], nodes)
     q = torch.randn(len(prefill), HQ, q_len, D, dtype=DTYPE, device=device)
     k = torch.randn(len(prefill), HQ, ctx, D, dtype=DTYPE, device=device)
     v = torch.randn_like(k)

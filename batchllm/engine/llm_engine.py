@@ -62,7 +62,7 @@ class LLMEngine:
     def _start_policy(self, scheduler_config: SchedulerConfig) -> None:
         self.config = dataclasses.replace(self.config, scheduler=scheduler_config)
         if scheduler_config.prefix_clustering and scheduler_config.multi_level:
-            self.runner.prepare_shared_levels(2)
+            self.runner.prepare_multi_level_graphs()
         self.pool = BlockPool(self.runner.num_blocks, enable_caching=scheduler_config.prefix_caching)
         host_pool = BlockPool(self.runner.num_host_blocks) if self.runner.num_host_blocks else None
         self.scheduler: Scheduler = BatchScheduler(

@@ -20,7 +20,7 @@ from batchllm.kv_cache.cache_tensors import (
 )
 from batchllm.model.arch_config import ArchConfig
 from batchllm.model.loader import load_model
-from batchllm.runner.cuda_graphs import DecodeGraphs
+from batchllm.runner.cuda_graphs import MAX_SHARED_LEVELS, DecodeGraphs
 from batchllm.runner.input_batch import prepare_inputs
 from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.runner.sampler import Sampler
@@ -84,10 +84,10 @@ class ModelRunner:
         elif self.decode_graphs is not None:
             self.decode_graphs = None
 
-    def prepare_shared_levels(self, num_levels: int) -> None:
-        """Capture decode graphs for batches whose groups nest `num_levels` deep before a timed batch needs them."""
+    def prepare_multi_level_graphs(self) -> None:
+        """Capture the decode graphs of nested groups (as deep as graphs go) before a timed batch needs them."""
         if self.decode_graphs is not None:
-            self.decode_graphs.capture_shared_graphs(num_levels)
+            self.decode_graphs.capture_shared_graphs(MAX_SHARED_LEVELS)
 
     def preemption_costs(self) -> PreemptionCosts:
         on_gpu = self.device.type == "cuda"
