@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 
 
 from batchllm.prefix.token_arrays import TokenArraysBuilder
-from batchllm.entrypoints.requests_jsonl import RequestRecord, read_request_records
+from batchllm.batch.requests_jsonl import RequestRecord, read_request_records
 
 DEFAULT_LRU_CACHE_BLOCKS = 16_384  # 262,144 tokens at block size 16: a typical single-GPU KV pool
 MAX_ERRORS_SHOWN = 10

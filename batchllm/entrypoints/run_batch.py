@@ -27,15 +27,15 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from batchllm.entrypoints.openai_batch import (
+from batchllm.batch.openai_format import (
     RequestError,
     batch_request_from_record,
     error_line,
     success_line,
 )
 from batchllm.prefix.token_arrays import TokenArraysBuilder
-from batchllm.entrypoints.requests_jsonl import read_request_records
-from batchllm.entrypoints.results_writer import (
+from batchllm.batch.requests_jsonl import read_request_records
+from batchllm.batch.results_file import (
     DUPLICATE_CODE,
     OutputLockedError,
     ResultsWriter,

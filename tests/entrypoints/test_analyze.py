@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from batchllm.entrypoints.cli import main
-from batchllm.entrypoints.requests_jsonl import parse_request_line, read_request_records
+from batchllm.batch.requests_jsonl import parse_request_line, read_request_records
 
 
 def _write(tmp_path, lines, name="requests.jsonl"):

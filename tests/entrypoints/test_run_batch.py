@@ -12,12 +12,12 @@ import time
 import pytest
 
 from batchllm.entrypoints.cli import main
-from batchllm.entrypoints.openai_batch import (
+from batchllm.batch.openai_format import (
     RequestError,
     derived_seed,
     sampling_params_from_body,
 )
-from batchllm.entrypoints.results_writer import ResultsWriter, OutputLockedError, read_results, scan_output
+from batchllm.batch.results_file import ResultsWriter, OutputLockedError, read_results, scan_output
 
 SYSTEM = "You are a careful assistant. Answer briefly and precisely, in one sentence, without any lists."
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
