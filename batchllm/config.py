@@ -32,6 +32,22 @@ def resolve_dtype(dtype: str | torch.dtype, config_dtype: Optional[str], device:
     return _DTYPES[dtype]
 
 
+def resolve_max_model_len(max_position_embeddings: int, sliding_window: Optional[int], requested: Optional[int]) -> int:
+    """The context length an engine runs with: the model's limit unless a smaller one is asked.
+
+    Within its window, sliding-window attention equals full attention, so the window caps the limit.
+    """
+    limit = max_position_embeddings if sliding_window is None else min(max_position_embeddings, sliding_window)
+    if requested is None:
+        return limit
+    if requested > limit:
+        raise ValueError(
+            f"max_model_len={requested} exceeds what the model supports ({limit}: max_position_embeddings"
+            f"{' / sliding_window' if sliding_window else ''}); lower it"
+        )
+    return requested
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -18,6 +18,7 @@ give a failure both the HTTP-like response OpenAI would put there and a top-leve
 from __future__ import annotations
 
 import hashlib
+import reprlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -83,6 +84,22 @@ class BatchRequest:
     seed_derived: bool = False  # the seed was derived from the job seed and the custom_id
 
 
+_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = 8
+MAX_MESSAGE_CHARS = 2000  # an error message quoting a huge value or exception is cut to this
+
+
+def _short(value: Any) -> str:
+    """repr of a field value for an error message, cut short (a bad field may be megabytes long)."""
+    return _REPR.repr(value)
+
+
+def internal_error(step: str, err: BaseException) -> RequestError:
+    """The error line of a request whose ``step`` failed in a way no check foresaw (a bug, or a tokenizer's)."""
+    return RequestError("internal_error", f"{step} failed: {type(err).__name__}: {err}", None, 500)
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
@@ -120,7 +137,7 @@ def sampling_params_from_body(
             continue
         if key in DEFAULT_ONLY:
             if not any(value == ok and type(value) is type(ok) or (value is ok) for ok in DEFAULT_ONLY[key]):
-                raise RequestError("unsupported_parameter", f"{key}={value!r} is not supported", key)
+                raise RequestError("unsupported_parameter", f"{key}={_short(value)} is not supported", key)
             continue
         raise RequestError("unsupported_parameter", f"unknown parameter {key!r}", key)
     max_tokens = body.get("max_tokens")
@@ -134,23 +151,23 @@ def sampling_params_from_body(
     for key, value in (("max_tokens", max_tokens), ("top_k", body.get("top_k")), ("seed", body.get("seed")),
                        ("min_tokens", body.get("min_tokens")), ("n", body.get("n"))):
         if value is not None and not _is_int(value):
-            raise RequestError("invalid_parameter", f"{key}={value!r} must be an integer", key)
+            raise RequestError("invalid_parameter", f"{key}={_short(value)} must be an integer", key)
     for key in ("temperature", "top_p"):
         value = body.get(key)
         if value is not None and not _is_number(value):
-            raise RequestError("invalid_parameter", f"{key}={value!r} must be a number", key)
+            raise RequestError("invalid_parameter", f"{key}={_short(value)} must be a number", key)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
         isinstance(stop, list) and all(isinstance(s, str) for s in stop)
     ):
-        raise RequestError("invalid_parameter", f"stop={stop!r} must be a string or a list of strings", "stop")
+        raise RequestError("invalid_parameter", f"stop={_short(stop)} must be a string or a list of strings", "stop")
     stop_ids = body.get("stop_token_ids")
     if stop_ids is not None and not (isinstance(stop_ids, list) and all(_is_int(t) for t in stop_ids)):
-        raise RequestError("invalid_parameter", f"stop_token_ids={stop_ids!r} must be a list of integers",
+        raise RequestError("invalid_parameter", f"stop_token_ids={_short(stop_ids)} must be a list of integers",
                            "stop_token_ids")
     for key in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
         if body.get(key) is not None and not isinstance(body[key], bool):
-            raise RequestError("invalid_parameter", f"{key}={body[key]!r} must be true or false", key)
+            raise RequestError("invalid_parameter", f"{key}={_short(body[key])} must be true or false", key)
     logprobs = _logprobs(body.get("logprobs"), kind)
     kwargs: dict[str, Any] = dict(
         n=body.get("n") if body.get("n") is not None else 1,
@@ -182,11 +199,11 @@ def _logprobs(value: Any, kind: str) -> Optional[int]:
     if kind == "chat":
         if value is True:
             return 1
-        raise RequestError("invalid_parameter", f"logprobs={value!r} must be true or false for chat", "logprobs")
+        raise RequestError("invalid_parameter", f"logprobs={_short(value)} must be true or false for chat", "logprobs")
     if _is_int(value) and value in (0, 1):
         return 1
     raise RequestError("unsupported_parameter",
-                       f"logprobs={value!r}: only the chosen token's logprob is supported (0 or 1)", "logprobs")
+                       f"logprobs={_short(value)}: only the chosen token's logprob is supported (0 or 1)", "logprobs")
 
 
 def normalize_messages(messages: Sequence[dict]) -> list[dict]:
@@ -218,6 +235,8 @@ def batch_request_from_record(
     record, custom_id: str, vocab_size: int, job_seed: int, default_max_tokens: Optional[int] = None
 ) -> BatchRequest:
     """A RequestRecord (requests_jsonl.py) -> BatchRequest, or RequestError."""
+    if record.url is not None and record.url not in SUPPORTED_URLS:
+        request_kind(record.url, False)  # the url is the first thing wrong with such a line, whatever else is
     if not record.ok:
         raise RequestError("invalid_request", f"line {record.line_number}: {record.error}")
     kind = request_kind(record.url, record.messages is not None)
@@ -285,11 +304,12 @@ def success_line(custom_id: str, kind: str, model: str, output, token_texts: Opt
 def error_line(custom_id: str, error: RequestError) -> dict:
     """The output line of a request that could not run."""
     err_type = "invalid_request_error" if error.status_code < 500 else "server_error"
+    message = error.message if len(error.message) <= MAX_MESSAGE_CHARS else error.message[:MAX_MESSAGE_CHARS] + "..."
     return {
         "id": _new_id("batch_req_"),
         "custom_id": custom_id,
         "response": {"status_code": error.status_code, "request_id": uuid.uuid4().hex,
-                     "body": {"error": {"message": error.message, "type": err_type, "param": error.param,
+                     "body": {"error": {"message": message, "type": err_type, "param": error.param,
                                         "code": error.code}}},
-        "error": {"code": error.code, "message": error.message},
+        "error": {"code": error.code, "message": message},
     }

@@ -17,7 +17,8 @@ from batchllm.batch.openai_format import (
     derived_seed,
     sampling_params_from_body,
 )
-from batchllm.batch.results_file import ResultsWriter, OutputLockedError, read_results, scan_output
+from batchllm.batch.requests_jsonl import auto_custom_id, line_hash
+from batchllm.batch.results_file import read_results
 
 SYSTEM = "You are a careful assistant. Answer briefly and precisely, in one sentence, without any lists."
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,6 +47,11 @@ def _by_id(results):
         assert r["custom_id"] not in out, f"{r['custom_id']} appears twice"
         out[r["custom_id"]] = r
     return out
+
+
+def _auto_id(line, occurrence=1):
+    """The custom_id run-batch gives a line without one (requests_jsonl.auto_custom_id)."""
+    return auto_custom_id(line_hash((line if isinstance(line, str) else json.dumps(line)).encode()), occurrence)
 
 
 def _content(r):
@@ -78,22 +84,6 @@ def test_openai_body_mapping():
     assert derived_seed(0, "a") == derived_seed(0, "a") != derived_seed(1, "a")
 
 
-def test_scan_output_cuts_a_torn_line_and_counts_duplicate_notices(tmp_path):
-    path = tmp_path / "out.jsonl"
-    good = [{"custom_id": "a", "error": None}, {"custom_id": "b", "error": {"code": "duplicate_custom_id"}},
-            {"custom_id": "c", "error": {"code": "invalid_parameter"}}]
-    body = "".join(json.dumps(g) + "\n" for g in good)
-    path.write_text(body + '{"custom_id": "d", "resp')
-    state = scan_output(str(path))
-    assert state.done == {"a", "c"} and state.duplicate_notices == {"b": 1} and state.truncated_bytes > 0
-    assert path.read_text() == body
-    with ResultsWriter(str(path)) as w:
-        w.write({"custom_id": "d"})
-        with pytest.raises(OutputLockedError):
-            ResultsWriter(str(path))
-    assert [r["custom_id"] for r in read_results(str(path))] == ["a", "b", "c", "d"]
-
-
 # ---- the job --------------------------------------------------------------------------------------------
 
 
@@ -105,8 +95,8 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
         _completion("cmpl-text", "Once upon a time", max_tokens=4, temperature=0, logprobs=1),
         _completion("cmpl-ids", [5, 6, 7, 8, 9], max_tokens=3, temperature=0, stop=["zz", "yy"]),
         {"custom_id": "plain-prompt", "prompt": "Hello there", "max_tokens": 3, "temperature": 0},
-        {"prompt_token_ids": [11, 12, 13], "max_tokens": 2, "temperature": 0},  # no custom_id: line-7
-        '{"custom_id": "broken", "body": {"prompt": "x"',  # malformed JSON: line-8
+        {"prompt_token_ids": [11, 12, 13], "max_tokens": 2, "temperature": 0},  # no custom_id: named by content
+        '{"custom_id": "broken", "body": {"prompt": "x"',  # malformed JSON: no custom_id can be read
         _completion("too-long", "word " * 400, max_tokens=3),
         {"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x", "prompt": "x"}},
         _completion("n-two", "hi", n=2, max_tokens=2),
@@ -115,6 +105,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
         _chat("bad-content", 5, max_tokens=2),
     ]
     inp = _write(tmp_path / "in.jsonl", lines)
+    unnamed, broken = (_auto_id(lines[i]) for i in (6, 7))
     out = str(tmp_path / "out.jsonl")
     summary = str(tmp_path / "summary.json")
     rc = _run("-i", inp, "-o", out, "--model", text_model, "--max-model-len", "128", "--summary-json", summary)
@@ -123,7 +114,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
     assert len(results) == len(lines)
     ids = [r["custom_id"] for r in results]
     assert sorted(set(ids)) == sorted({"chat-greedy", "chat-sampled", "chat-seeded", "cmpl-text", "cmpl-ids",
-                                       "plain-prompt", "line-7", "line-8", "too-long", "bad-url", "n-two",
+                                       "plain-prompt", unnamed, broken, "too-long", "bad-url", "n-two",
                                        "unknown-field", "bad-content"})
     errors = {}
     for r in results:
@@ -132,7 +123,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
             err = r["response"]["body"]["error"]
             assert err["code"] == r["error"]["code"] and err["message"] == r["error"]["message"]
             errors.setdefault(r["custom_id"], []).append(r["error"]["code"])
-    assert errors == {"line-8": ["invalid_request"], "too-long": ["context_length_exceeded"],
+    assert errors == {broken: ["invalid_request"], "too-long": ["context_length_exceeded"],
                       "bad-url": ["unsupported_url"], "n-two": ["invalid_parameter"],
                       "unknown-field": ["unsupported_parameter"], "cmpl-text": ["duplicate_custom_id"],
                       "bad-content": ["invalid_parameter"]}
@@ -170,7 +161,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
 
 def test_chat_matches_llm_chat_and_resume_after_torn_line(tmp_path, text_model):
     from batchllm import LLM, SamplingParams
-    from batchllm.entrypoints.run_batch import run_batch_file
+    from batchllm.batch import run_batch_file
 
     questions = [f"Question number {i}: what comes next?" for i in range(6)]
     inp = _write(tmp_path / "in.jsonl", [_chat(f"q{i}", q, max_tokens=8, temperature=0) for i, q in enumerate(questions)])
