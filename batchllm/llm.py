@@ -6,7 +6,14 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from batchllm.config import CacheConfig, EngineConfig, SchedulerConfig, resolve_device, resolve_dtype
+from batchllm.config import (
+    CacheConfig,
+    EngineConfig,
+    SchedulerConfig,
+    resolve_device,
+    resolve_dtype,
+    resolve_max_model_len,
+)
 from batchllm.engine.llm_engine import LLMEngine
 from batchllm.engine.validation import prompt_errors, raise_if_errors, sampling_errors
 from batchllm.model.arch_config import load_arch_config
@@ -53,16 +60,7 @@ class LLM:
         """
         arch = load_arch_config(model)
         torch_device = resolve_device(device)
-        limit = arch.max_position_embeddings
-        if arch.sliding_window is not None:
-            limit = min(limit, arch.sliding_window)  # within the window, sliding attention equals full attention
-        if max_model_len is None:
-            max_model_len = limit
-        elif max_model_len > limit:
-            raise ValueError(
-                f"max_model_len={max_model_len} exceeds what the model supports ({limit}: max_position_embeddings"
-                f"{' / sliding_window' if arch.sliding_window else ''}); lower it"
-            )
+        max_model_len = resolve_max_model_len(arch.max_position_embeddings, arch.sliding_window, max_model_len)
         if max_num_batched_tokens is None:
             max_num_batched_tokens = 8192 if enable_chunked_prefill else max(8192, max_model_len)
         self.config = EngineConfig(
@@ -92,6 +90,11 @@ class LLM:
 
     def get_tokenizer(self):
         return self.tokenizer
+
+    @property
+    def num_kv_blocks(self) -> int:
+        """KV blocks of the device cache (sized at load from free memory, or num_kv_blocks)."""
+        return self.engine.runner.num_blocks
 
     def set_scheduling(
         self,
@@ -132,7 +135,8 @@ class LLM:
                 errors.append(f"request {index}: prompt: a dict prompt needs 'prompt' or 'prompt_token_ids'")
                 return None, []
         if not isinstance(prompt, str):
-            errors.append(f"request {index}: prompt: expected str or dict, got {type(prompt).__name__}")
+            hint = " (token ids go in {'prompt_token_ids': [...]})" if isinstance(prompt, int) else ""
+            errors.append(f"request {index}: prompt: expected str or dict, got {type(prompt).__name__}{hint}")
             return None, []
         if self.tokenizer is None:
             errors.append(f"request {index}: prompt: text given but the tokenizer was skipped; pass prompt_token_ids")
@@ -146,16 +150,32 @@ class LLM:
         if not errors:
             errors += prompt_errors(index, ids, self.vocab_size, self.config.max_model_len)
         errors += sampling_errors(index, params, self.vocab_size)
+        if self.tokenizer is None and isinstance(params, SamplingParams) and params.stop_strings:
+            # Without a tokenizer there is no text to find them in: they would be ignored silently.
+            errors.append(f"request {index}: stop: stop strings need the tokenizer (skipped by skip_tokenizer_init); "
+                          "use stop_token_ids")
         return text, ids, errors
 
-    def _normalize(self, prompts, sampling_params) -> tuple[list, list]:
+    def _normalize(self, prompts: Any, sampling_params: Any) -> tuple[list, list]:
+        """One prompt and one params object per request; TypeError/ValueError for misuse of the arguments."""
         if isinstance(prompts, (str, dict)):
             prompts = [prompts]
+        elif isinstance(prompts, bytes) or not _is_iterable(prompts):
+            raise TypeError(
+                f"prompts: expected a string, a dict ({{'prompt': ...}} or {{'prompt_token_ids': [...]}}) or a list "
+                f"of them, got {type(prompts).__name__}"
+            )
         prompts = list(prompts)
         if sampling_params is None:
             sampling_params = SamplingParams()
-        if isinstance(sampling_params, SamplingParams):
+        if isinstance(sampling_params, (SamplingParams, dict)):
+            # A dict is reported per request (sampling_errors) rather than iterated over its keys.
             return prompts, [sampling_params] * len(prompts)
+        if isinstance(sampling_params, (str, bytes)) or not _is_iterable(sampling_params):
+            raise TypeError(
+                f"sampling_params: expected SamplingParams or a list of them (one per prompt), "
+                f"got {type(sampling_params).__name__}"
+            )
         params_list = list(sampling_params)
         if len(params_list) != len(prompts):
             raise ValueError(
@@ -171,7 +191,14 @@ class LLM:
     ) -> list[RequestOutput]:
         """Run every prompt to completion; outputs come back in input order.
 
-        Raises ValueError listing every bad request (index and field) before any compute.
+        Raises ValueError listing every bad request (index and field) before any compute, TypeError when
+        the arguments themselves have the wrong type.
+
+        A failure that concerns one request alone (its stop check, detokenization or seeded sampler raising)
+        does not stop the batch: that request finishes with `outputs[0].finish_reason == "error"` and
+        `RequestOutput.error` holding the message (exception type and text); its output keeps the tokens
+        received before the failure. Any other exception, a KeyboardInterrupt included, propagates after
+        every request of this call was aborted and its KV memory freed: the LLM is ready for the next call.
         """
         prompts, params_list = self._normalize(prompts, sampling_params)
         errors: list[str] = []
@@ -182,25 +209,48 @@ class LLM:
             encoded.append((text, ids))
         raise_if_errors(errors)
         outputs: list[Optional[RequestOutput]] = [None] * len(encoded)
-        with tqdm(total=len(encoded), disable=not use_tqdm, desc="Processed prompts", unit="req") as bar:
-            for index, output in self.run_encoded(encoded, params_list):
-                outputs[index] = output
-                bar.update(1)
+        stream = self.run_encoded(encoded, params_list)
+        try:
+            with tqdm(total=len(encoded), disable=not use_tqdm, desc="Processed prompts", unit="req") as bar:
+                for index, output in stream:
+                    outputs[index] = output
+                    bar.update(1)
+        finally:
+            # If the loop body raised (e.g. KeyboardInterrupt in the progress bar), abort the call's requests
+            # now rather than whenever the suspended generator is garbage collected.
+            stream.close()
         return outputs  # type: ignore[return-value]
 
     def run_encoded(
         self, encoded: Sequence[tuple[Optional[str], list[int]]], params_list: Sequence[SamplingParams]
     ) -> Iterator[tuple[int, RequestOutput]]:
-        """Run already validated (text, token ids) prompts; yield (input index, output) as each finishes."""
-        requests = []
-        for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
-            request_id = str(self._next_request)
-            self._next_request += 1
-            requests.append(self.engine.make_request(request_id, text, ids, params, index))
-        self.engine.add_requests(requests)
-        while self.engine.has_unfinished():
-            for request in self.engine.step():
-                yield request.arrival_index, self.engine.make_output(request)
+        """Run already validated (text, token ids) prompts; yield (input index, output) as each finishes.
+
+        Transactional: if the engine raises, the run is interrupted, or the consumer stops early (break,
+        close(), or dropping the generator raises GeneratorExit at its `yield`), every request of this call
+        is aborted and its KV blocks freed before the exception goes on. Requests that fail alone come out
+        with finish_reason "error" (see `generate`). One call at a time: finish or close() a generator
+        before starting another.
+        """
+        if self.engine.has_unfinished():
+            # Checked before the try: aborting here would kill the requests of the call still in progress.
+            raise RuntimeError(
+                "the engine is still running the requests of an earlier run_encoded generator; exhaust it or "
+                "call its close() before starting another call"
+            )
+        try:
+            requests = []
+            for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
+                request_id = str(self._next_request)
+                self._next_request += 1
+                requests.append(self.engine.make_request(request_id, text, ids, params, index))
+            self.engine.add_requests(requests)
+            while self.engine.has_unfinished():
+                for request in self.engine.step():
+                    yield request.arrival_index, self.engine.make_output(request)
+        except BaseException:  # GeneratorExit and KeyboardInterrupt too: the engine must not keep this call's state
+            self.engine.abort_all()
+            raise
 
     def chat(
         self,
@@ -210,10 +260,13 @@ class LLM:
         add_generation_prompt: bool = True,
         chat_template: Optional[str] = None,
     ) -> list[RequestOutput]:
-        """Apply the tokenizer's chat template to each conversation, then generate."""
+        """Apply the tokenizer's chat template to each conversation, then generate.
+
+        messages: one conversation (a list of {"role": ..., "content": ...} dicts) or a list of them.
+        """
+        conversations = _conversations(messages)
         if self.tokenizer is None:
             raise ValueError("chat needs the tokenizer; do not pass skip_tokenizer_init=True")
-        conversations = [messages] if messages and isinstance(messages[0], dict) else list(messages)
         prompts = []
         for index, conversation in enumerate(conversations):
             try:
@@ -225,3 +278,28 @@ class LLM:
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             prompts.append({"prompt": text, "prompt_token_ids": list(ids)})
         return self.generate(prompts, sampling_params, use_tqdm)
+
+
+def _is_iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _conversations(messages: Any) -> list[Conversation]:
+    """`messages` as a list of conversations; TypeError/ValueError naming the conversation when malformed."""
+    expected = "a conversation (a list of {'role': ..., 'content': ...} dicts) or a list of conversations"
+    if not isinstance(messages, (list, tuple)):
+        raise TypeError(f"messages: expected {expected}, got {type(messages).__name__}")
+    if messages and isinstance(messages[0], dict):
+        messages = [messages]
+    errors = []
+    for index, conversation in enumerate(messages):
+        if not isinstance(conversation, (list, tuple)) or not all(isinstance(m, dict) for m in conversation):
+            is_list = isinstance(conversation, (list, tuple))
+            got = "a list with non-dicts" if is_list else type(conversation).__name__
+            errors.append(f"request {index}: messages: expected a list of message dicts, got {got}")
+    raise_if_errors(errors)
+    return [list(c) for c in messages]

@@ -13,7 +13,7 @@ class CompletionOutput:
     token_ids: list[int]
     cumulative_logprob: Optional[float]
     logprobs: Optional[list[float]]
-    finish_reason: Optional[str]  # "stop" | "length"
+    finish_reason: Optional[str]  # "stop" | "length" | "error" (RequestOutput.error says why)
     stop_reason: Union[int, str, None] = None  # the stop token id or stop string that ended it
 
 
@@ -34,3 +34,6 @@ class RequestOutput:
     outputs: list[CompletionOutput]
     finished: bool
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
+    # Set when this request alone failed inside the engine (outputs[0].finish_reason == "error"): the
+    # message, with the exception's type and text. Its output holds the tokens received before the failure.
+    error: Optional[str] = None

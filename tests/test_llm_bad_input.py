@@ -77,3 +77,45 @@ def test_invalid_engine_options(tiny_models):
         LLM(tiny_models["llama"], device="cpu", skip_tokenizer_init=True, dtype="int8")
     with pytest.raises(ValueError, match="the KV cache fits 2 blocks"):
         LLM(tiny_models["llama"], device="cpu", skip_tokenizer_init=True, num_kv_blocks=2, max_model_len=256)
+
+
+@pytest.mark.parametrize("prompts", [None, 5, 3.5, b"bytes"])
+def test_prompts_of_the_wrong_type(llm, prompts):
+    with pytest.raises(TypeError, match=r"prompts: expected a string, a dict .* or a list of them, got"):
+        llm.generate(prompts, use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+
+
+def test_bare_token_ids_get_a_hint(llm):
+    with pytest.raises(ValueError, match=r"request 0: prompt: expected str or dict, got int \(token ids go in"):
+        llm.generate([1, 2, 3], use_tqdm=False)
+
+
+def test_sampling_params_as_dicts_say_how_to_fix(llm):
+    prompts = [{"prompt_token_ids": [1, 2]}] * 3
+    with pytest.raises(ValueError, match=r"request 1: sampling_params: got a dict d; pass SamplingParams\(\*\*d\)"):
+        llm.generate(prompts, [SamplingParams(), {"temperature": 0}, SamplingParams()], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"request 2: sampling_params: got a dict d; pass SamplingParams\(\*\*d\)"):
+        llm.generate(prompts, {"temperature": 0}, use_tqdm=False)  # one dict for all, not its keys
+    with pytest.raises(TypeError, match=r"sampling_params: expected SamplingParams or a list of them"):
+        llm.generate(prompts, 0.5, use_tqdm=False)
+    assert not llm.engine.has_unfinished()
+
+
+def test_stop_strings_without_tokenizer(llm):
+    with pytest.raises(ValueError, match=r"request 0: stop: stop strings need the tokenizer"):
+        llm.generate({"prompt_token_ids": [1, 2]}, SamplingParams(stop="x"), use_tqdm=False)
+
+
+@pytest.mark.parametrize("messages", [None, "hello", {"role": "user", "content": "hi"}, 3])
+def test_chat_messages_of_the_wrong_type(llm, messages):
+    with pytest.raises(TypeError, match=r"messages: expected a conversation \(a list of .* or a list of conversations"):
+        llm.chat(messages, use_tqdm=False)
+
+
+def test_chat_malformed_conversation_names_it(llm):
+    good = [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match=r"request 1: messages: expected a list of message dicts, got str"):
+        llm.chat([good, "hello"], use_tqdm=False)
+    with pytest.raises(ValueError, match=r"request 0: messages: expected a list of message dicts, got a list with"):
+        llm.chat([["hello"]], use_tqdm=False)

@@ -148,7 +148,7 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
     summary.to_run = len(requests)
     analysis = None
     if len(requests):
-        analysis = analyse(requests, options.block_size, llm.engine.runner.num_blocks)
+        analysis = analyse(requests, options.block_size, llm.num_kv_blocks)
         summary.set_analysis(analysis)
     summary.seconds["analyze"] = round(time.perf_counter() - t1, 3)
     log(format_plan_line(summary))

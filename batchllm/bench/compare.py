@@ -123,7 +123,7 @@ def run_transformers_baseline(
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     subset = Workload(workload.name, workload.prompts[:limit], workload.max_tokens[:limit])
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     generation = GenerationConfig(max_new_tokens=max(subset.max_tokens), do_sample=False, eos_token_id=None,

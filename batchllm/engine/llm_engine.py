@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from typing import Optional
 
+import torch
 from transformers import PreTrainedTokenizerBase
 
 from batchllm.config import EngineConfig, SchedulerConfig
@@ -20,6 +22,8 @@ from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.sampling_params import SamplingParams
 from batchllm.scheduler.interface import Scheduler, SchedulerOutput
 from batchllm.scheduler.scheduler import BatchScheduler
+
+logger = logging.getLogger(__name__)
 
 
 class LLMEngine:
@@ -63,14 +67,38 @@ class LLMEngine:
         self.config = dataclasses.replace(self.config, scheduler=scheduler_config)
         if scheduler_config.prefix_clustering and scheduler_config.multi_level:
             self.runner.prepare_multi_level_graphs()
+        self._new_scheduler(scheduler_config)
+        self.num_iterations = 0
+        self.trace = IterationTrace()
+
+    def _new_scheduler(self, scheduler_config: SchedulerConfig) -> None:
+        """An empty scheduler over whole block pools; nothing in flight."""
         self.pool = BlockPool(self.runner.num_blocks, enable_caching=scheduler_config.prefix_caching)
         host_pool = BlockPool(self.runner.num_host_blocks) if self.runner.num_host_blocks else None
         self.scheduler: Scheduler = BatchScheduler(
             scheduler_config, self.pool, self.config.cache.block_size, host_pool, self.runner.preemption_costs()
         )
-        self.num_iterations = 0
-        self.trace = IterationTrace()
         self._in_flight: Optional[SampledTokens] = None  # launched iteration whose tokens are not read yet
+
+    def abort_all(self) -> None:
+        """Drop every request (waiting, running, in flight) and free all KV memory; model, trace and counters stay.
+
+        For a call that failed or was interrupted midway, so that the next batch inherits none of its
+        requests or blocks. A fresh scheduler and pool are whole by construction, where releasing each
+        request's and each prefix group's holds one by one would be only as correct as that bookkeeping,
+        which the failure may have left half-done. Cached prefix blocks (vllm-like) are forgotten too.
+        """
+        self._in_flight = None
+        counters = getattr(self.scheduler, "counters", None)
+        try:
+            if self.config.device.type == "cuda":
+                # Launched kernels may still write KV blocks (and pinned token buffers) that the next
+                # batch gets: let them end first.
+                torch.cuda.synchronize(self.config.device)
+        finally:
+            self._new_scheduler(self.config.scheduler)
+            if counters is not None:
+                self.scheduler.counters = counters
 
     def make_request(
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
@@ -153,26 +181,58 @@ class LLMEngine:
             if request.is_finished:
                 continue  # it stopped on the token before; this one was computed in vain
             token_ids = request.token_ids
-            token_ids[at] = token
-            newer = token_ids[at + 1 :]  # the PENDING_TOKEN of the iteration just launched, if it has one
-            del token_ids[at + 1 :]  # the stop check looks at the newest token
-            if logprobs is not None and request.params.logprobs is not None:
-                request.output_logprobs.append(logprobs[i])
-            if request.metrics.first_token_time is None:
-                request.metrics.first_token_time = now
-            if self.stop_checker.check(request):
+            if request.error is not None:
+                # The sampler could not draw this request's token (request.error says why): the token is
+                # not part of its output, and it ends here.
+                del token_ids[at:]
+                stop = True
+            else:
+                token_ids[at] = token
+                newer = token_ids[at + 1 :]  # the PENDING_TOKEN of the iteration just launched, if it has one
+                del token_ids[at + 1 :]  # the stop check looks at the newest token
+                if logprobs is not None and request.params.logprobs is not None:
+                    request.output_logprobs.append(logprobs[i])
+                if request.metrics.first_token_time is None:
+                    request.metrics.first_token_time = now
+                stop = self._check_stop(request)
+            if stop:
+                if request.error is not None:
+                    self._mark_failed(request)
                 request.status = RequestStatus.FINISHED
                 request.metrics.finished_time = now
+                # The normal finish path: a request that failed frees its blocks like one that stopped.
                 self.scheduler.finish_request(request)
                 finished.append(request)
             else:
                 token_ids.extend(newer)
         return finished
 
+    def _check_stop(self, request: Request) -> bool:
+        """The stop check (it detokenizes for stop strings), confined to this request: if it raises, the
+        request stops with `request.error` set, and the rest of the batch goes on."""
+        try:
+            return self.stop_checker.check(request)
+        except Exception as err:  # tokenizers raise all kinds; any of them concerns this request only
+            request.error = f"checking stop conditions failed: {type(err).__name__}: {err}"
+            logger.error("request %s: %s", request.request_id, request.error, exc_info=True)
+            return True
+
+    @staticmethod
+    def _mark_failed(request: Request) -> None:
+        request.finish_reason, request.stop_reason = "error", None
+        request.output_text = None  # a stop string the failed check may have found does not count
+
     def make_output(self, request: Request) -> RequestOutput:
         text = request.output_text
         if text is None:
-            text = self.stop_checker.decode(request)
+            try:
+                text = self.stop_checker.decode(request)
+            except Exception as err:  # the output is still worth returning, as an error of this request
+                text = ""
+                if request.error is None:
+                    request.error = f"decoding the output failed: {type(err).__name__}: {err}"
+                    logger.error("request %s: %s", request.request_id, request.error, exc_info=True)
+                    self._mark_failed(request)
         wants_logprobs = request.params.logprobs is not None
         completion = CompletionOutput(
             index=0,
@@ -190,4 +250,5 @@ class LLMEngine:
             outputs=[completion],
             finished=request.is_finished,
             metrics=request.metrics,
+            error=request.error,
         )

@@ -52,6 +52,8 @@ class Request:
         self.block_ids: list[int] = []
         self.finish_reason: Optional[str] = None
         self.stop_reason: Union[int, str, None] = None
+        # Why this request alone failed (finish_reason "error"); set by the engine or the sampler.
+        self.error: Optional[str] = None
         self.output_text: Optional[str] = None  # set at finish (or when a stop string is found)
         self.stop_text_cache: tuple[int, int] = (-1, 0)  # (output tokens, decoded text length) at the last check
         self.metrics = RequestMetrics(arrival_time=time.monotonic())

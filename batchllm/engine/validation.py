@@ -40,6 +40,8 @@ def _bad_token_ids(token_ids: list[int], vocab_size: int) -> list:
 
 
 def sampling_errors(index: int, params: Any, vocab_size: int) -> list[str]:
+    if isinstance(params, dict):
+        return [f"request {index}: sampling_params: got a dict d; pass SamplingParams(**d) instead"]
     if not isinstance(params, SamplingParams):
         return [f"request {index}: sampling_params: expected SamplingParams, got {type(params).__name__}"]
     return [f"request {index}: {e}" for e in params.validation_errors(vocab_size)]

@@ -70,12 +70,42 @@ def load_named_tensor(
 def _safetensors_files(folder: str) -> list[str]:
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index) as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
-        return [os.path.join(folder, name) for name in files]
-    files = sorted(glob.glob(os.path.join(folder, "*.safetensors")))
+        return _indexed_shards(folder, index)
+    files = sorted(glob.glob(os.path.join(glob.escape(folder), "*.safetensors")))
     if not files:
         raise ValueError(f"model={folder!r}: no *.safetensors weights in the folder (use load_format='dummy' for random weights)")
+    return files
+
+
+def _indexed_shards(folder: str, index: str) -> list[str]:
+    """The shard files a model.safetensors.index.json names, each an existing file inside `folder`.
+
+    The index is data from wherever the model came from: a shard name like "../../x", an absolute path or
+    a path through a symlinked directory must not make us read files outside the model folder. The shard
+    file itself may be a symlink: the Hugging Face cache links each snapshot's files to its blobs folder.
+    """
+    try:
+        with open(index) as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{index}: not valid JSON ({err}); fix or delete the index file") from err
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ValueError(f"{index}: no 'weight_map' object (tensor name -> shard file); fix or delete the index file")
+    names = set()
+    for shard in weight_map.values():
+        if not isinstance(shard, str) or not shard:
+            raise ValueError(f"{index}: weight_map value {shard!r} is not a shard file name")
+        names.add(shard)
+    root = os.path.realpath(folder)
+    files = []
+    for name in sorted(names):
+        path = os.path.join(os.path.realpath(os.path.dirname(os.path.join(root, name))), os.path.basename(name))
+        if os.path.commonpath([root, path]) != root or os.path.basename(name) in ("", ".", ".."):
+            raise ValueError(f"{index}: shard {name!r} resolves outside the model folder {folder!r}")
+        if not os.path.isfile(path):
+            raise ValueError(f"{index}: shard {name!r} does not exist in the model folder {folder!r}")
+        files.append(path)
     return files
 
 
@@ -96,7 +126,7 @@ def _iter_gguf(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     hf_config = gguf_hf_config(path)
     with torch.device("meta"):
         # A meta model costs no memory; transformers needs it only for the GGUF -> HF name map.
-        skeleton = AutoModelForCausalLM.from_config(hf_config)
+        skeleton = AutoModelForCausalLM.from_config(hf_config, trust_remote_code=False)
     tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
     yield from tensors.items()
 

@@ -8,6 +8,7 @@ import torch
 
 from batchllm.engine.request import Request
 from batchllm.host_to_device import to_device
+from batchllm.sampling_params import MIN_SAMPLED_TEMPERATURE
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -56,7 +57,9 @@ class Sampler:
         if random_rows:
             rows = to_device(random_rows, torch.int64, logits.device)
             params = [requests[i].params for i in random_rows]
-            temps = to_device([p.temperature for p in params], logits.dtype, logits.device)
+            # Clamped where we divide: a tiny temperature would make the scaled logits inf and the softmax NaN.
+            temperatures = [max(p.temperature, MIN_SAMPLED_TEMPERATURE) for p in params]
+            temps = to_device(temperatures, logits.dtype, logits.device)
             scaled = logits[rows] / temps.unsqueeze(1)
             if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
                 top_k = to_device([p.top_k for p in params], torch.int64, logits.device)
@@ -67,15 +70,31 @@ class Sampler:
             # independent of what else is in the batch.
             noise = torch.empty_like(probs)
             for j, row in enumerate(random_rows):
-                noise[j].exponential_(generator=self._generator_for(requests[row]))
+                generator = self._generator_for(requests[row])
+                if generator is None:
+                    noise[j].fill_(1.0)  # its token is dropped; drawing from the shared stream would shift others'
+                else:
+                    noise[j].exponential_(generator=generator)
             chosen[rows] = (probs / noise).argmax(dim=-1)
         if logprobs_all is None:
             return chosen, None
         return chosen, logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1)
 
-    def _generator_for(self, request: Request) -> torch.Generator:
+    def _generator_for(self, request: Request) -> Optional[torch.Generator]:
+        """The request's random stream; None if it cannot be made, with `request.error` set.
+
+        A failure here concerns this request alone (e.g. a seed that slipped past validation): its row
+        gets a placeholder token, and the engine finishes it with finish_reason "error" when that token
+        arrives (dropping it), so the rest of the batch goes on.
+        """
         if request.params.seed is None:
             return self.generator
         if request.generator is None:
-            request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+            try:
+                request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
+            except Exception as err:  # torch raises ValueError/RuntimeError/TypeError depending on the value
+                if request.error is None:
+                    request.error = (f"seed={request.params.seed!r}: could not seed the sampler "
+                                     f"({type(err).__name__}: {err})")
+                return None
         return request.generator

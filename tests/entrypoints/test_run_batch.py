@@ -216,31 +216,47 @@ def _cli(*argv):
     return [sys.executable, "-m", "batchllm.entrypoints.cli", "run-batch", *argv, "--no-progress"], env
 
 
-def test_sigkill_then_resume_loses_nothing(tmp_path, text_model):
+def _kill_at(proc, out: str, moment: tuple[str, float]) -> None:
+    """SIGKILL ``proc`` at ``moment``: ("seconds", t) after its start, or ("lines", n) once n more lines exist."""
+    kind, value = moment
+    start_lines = len(read_results(out)) if os.path.exists(out) else 0
+    deadline = time.monotonic() + (value if kind == "seconds" else 120)
+    while time.monotonic() < deadline and proc.poll() is None:
+        if kind == "lines" and os.path.exists(out) and len(read_results(out)) >= start_lines + value:
+            break
+        time.sleep(0.02)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(tmp_path, text_model):
+    """Killed again and again at random moments (loading, reading, generating, mid-write), the job resumed
+    by the same command ends with every custom_id exactly once, each equal to an uninterrupted run's."""
+    import random
+
     lines = []
     for i in range(30):
-        body = dict(max_tokens=10 + 4 * i, temperature=0, ignore_eos=True)
+        body = dict(max_tokens=10 + 4 * i, temperature=0 if i % 2 else 0.8, ignore_eos=True)
         if i % 3 == 0:
             lines.append(_completion(f"r{i:02d}", [100 + i, 200, 300, 400 + i], **body))
         else:
             lines.append(_chat(f"r{i:02d}", f"Tell me about topic {i}.", **body))
     inp = _write(tmp_path / "in.jsonl", lines)
     common = ["--model", text_model, "--max-model-len", "512", "--max-num-seqs", "6"]
-
     out = str(tmp_path / "killed.jsonl")
-    cmd, env = _cli("-i", inp, "-o", out, *common)
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        if os.path.exists(out) and len(read_results(out)) >= 2:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    partial = len(read_results(out))
-    print("lines before the kill:", partial)
-    assert 2 <= partial < 30, partial
+    rng = random.Random(1201)
+    # First kills once a random number of lines more are written (mid-generation, maybe mid-write), then
+    # at random times after the start (importing, loading the model, reading, or generating).
+    moments = [("lines", rng.randint(1, 4)) for _ in range(3)] + [("seconds", rng.uniform(0.3, 5.0)) for _ in range(3)]
+    counts = []
+    for moment in moments:
+        cmd, env = _cli("-i", inp, "-o", out, *common)
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _kill_at(proc, out, moment)
+        counts.append(len(read_results(out)) if os.path.exists(out) else 0)
+    print("lines after each kill:", list(zip(moments, counts)))
+    assert all(0 < n < 30 for n in counts[:3]) and counts[0] < counts[1] < counts[2], counts  # killed mid-run
 
     # Resume with the same command in-process, and an uninterrupted run to compare with.
     assert main(["run-batch", "-i", inp, "-o", out, *common, "--no-progress"]) == 0
