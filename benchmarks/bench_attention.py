@@ -26,20 +26,18 @@ import os
 import sys
 import time
 
-if "--smoke" in sys.argv:  # must precede the first triton import, as in bench_shared_prefix.py
-    os.environ["TRITON_INTERPRET"] = "1"
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path, --smoke interpreter)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
 from attention_timing import bench_ms, check, copy_bandwidth, empty_cache, gather_sdpa  # noqa: E402
 
 from batchllm.attention.metadata import AttentionMetadata  # noqa: E402
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
-from batchllm.attention.triton_paged import (  # noqa: E402
+from batchllm.attention.triton.paged import (  # noqa: E402
     TileConfig,
     choose_num_splits,
     num_sms,

@@ -12,12 +12,11 @@ import argparse
 import cProfile
 import os
 import pstats
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM, SamplingParams  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
@@ -47,7 +46,7 @@ def main() -> None:
               overlap_scheduling=not args.no_overlap)
     runner = llm.engine.runner
     runner.model = ZeroLogits(runner.arch.vocab_size)
-    runner.backend.uses_shared_prefix = True  # lay batches out for the shared kernel, as the GPU backend does
+    runner.backend.supports_shared_prefix = True  # lay batches out for the shared kernel, as the GPU backend does
     workload = make_workload(args.workload, args.requests, runner.arch.vocab_size, seed=0)
     prompts = [{"prompt_token_ids": p} for p in workload.prompts]
     params = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in workload.max_tokens]

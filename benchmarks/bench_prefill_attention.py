@@ -23,26 +23,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from dataclasses import asdict
 
-if "--smoke" in sys.argv:  # must precede the first triton import
-    os.environ["TRITON_INTERPRET"] = "1"
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path, --smoke interpreter)
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from attention_timing import bench_ms, check, empty_cache  # noqa: E402
 
-from batchllm.attention.shared_prefix_workload import PrefixNode, SeqSpec, _chain, make_shared_batch  # noqa: E402
-from batchllm.attention.triton_paged import paged_attention_triton  # noqa: E402
-from batchllm.attention.triton_shared_prefix import (  # noqa: E402
-    SharedPrefixConfig,
-    shared_prefix_attention_triton,
-    shared_prefix_config,
-)
+from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
+from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import SharedPrefixConfig, shared_prefix_config  # noqa: E402
+from tests.attention.shared_prefix_workload import PrefixNode, SeqSpec, _chain, make_shared_batch  # noqa: E402
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 DTYPE = torch.bfloat16

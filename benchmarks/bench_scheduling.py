@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM, SamplingParams  # noqa: E402
 

@@ -31,30 +31,25 @@ import sys
 import time
 from dataclasses import asdict
 
-if "--smoke" in sys.argv:  # must precede the first triton import
-    os.environ["TRITON_INTERPRET"] = "1"
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path, --smoke interpreter)
 
 import torch  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import triton  # noqa: E402
 from attention_timing import bench_ms, check, copy_bandwidth, empty_cache, gather_sdpa  # noqa: E402
 
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference  # noqa: E402
-from batchllm.attention.shared_prefix_workload import (  # noqa: E402
+from batchllm.attention.triton.graph_plan import get_plan as _get_plan  # noqa: E402
+from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
+from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import SharedPrefixConfig, shared_prefix_config  # noqa: E402
+from tests.attention.shared_prefix_workload import (  # noqa: E402
     PrefixNode,
     SeqSpec,
     make_shared_batch,
     uniform_groups,
-)
-from batchllm.attention.triton_paged import paged_attention_triton  # noqa: E402
-from batchllm.attention.triton_shared_prefix import (  # noqa: E402
-    SharedPrefixConfig,
-    _get_plan,
-    shared_prefix_attention_triton,
-    shared_prefix_config,
 )
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections import defaultdict
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402

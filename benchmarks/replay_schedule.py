@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM, SamplingParams  # noqa: E402
 from batchllm.bench.compare import CONFIGS  # noqa: E402
@@ -58,7 +57,7 @@ def main() -> None:
                   scheduling=config.scheduling, overlap_scheduling=config.overlap_scheduling, **config.options)
         runner = llm.engine.runner
         runner.model = ZeroLogits(runner.arch.vocab_size)
-        runner.backend.uses_shared_prefix = config.backend == "triton"  # batches laid out as on the GPU
+        runner.backend.supports_shared_prefix = config.backend == "triton"  # batches laid out as on the GPU
         workload = make_workload(args.workload, args.requests, runner.arch.vocab_size, seed=0)
         llm.generate([{"prompt_token_ids": p} for p in workload.prompts],
                      [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in workload.max_tokens],

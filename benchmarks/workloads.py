@@ -6,10 +6,8 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm.bench.workloads import make_workload  # noqa: E402
 

@@ -1,17 +1,53 @@
-"""Attention backend interface: the model calls one object, the runner picks the implementation."""
+"""Attention backend interface: the model calls one object, the runner picks the implementation by name.
+
+A backend declares what it can do (`supports_shared_prefix`, `supports_cuda_graphs`) and the runner
+asks those abilities instead of guessing from names or attributes. A backend that supports CUDA graphs
+also hands the graph runner a `GraphPlanner`: what a graph of pure-decode batches with shared segments
+fixes (its shape), what to pin before capture and what to refill before each replay.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
-from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.reference import paged_attention_reference, write_kv_cache
+from batchllm.attention.kv_store import write_kv_cache
+from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
+from batchllm.attention.reference import paged_attention_reference
+
+
+class GraphShape(Protocol):
+    """What a CUDA graph of decode rows with shared segments fixes besides its batch size (hashable)."""
+
+    num_levels: int
+
+
+class GraphPlanner(Protocol):
+    """The backend's side of CUDA graphs of pure-decode batches with shared segments (`meta.shared`).
+
+    The graph runner owns the static input buffers and the segment tables; the planner owns what the
+    backend's kernels replay besides them."""
+
+    def graph_shape(self, batch_size: int, num_levels: int) -> GraphShape:
+        """The launch shape of a graph of `batch_size` rows with `num_levels` levels of segments."""
+        ...
+
+    def prepare_for_capture(self, meta: AttentionMetadata, shape: GraphShape) -> None:
+        """Fix the launch plan of the graph's static metadata `meta` (every segment slot of the bucket)."""
+        ...
+
+    def prepare_for_replay(self, shared: SharedPrefixMetadata, shape: GraphShape, num_slots: int) -> None:
+        """Refill what the pinned plan reads from the real batch's segments, before a replay."""
+        ...
 
 
 class AttentionBackend(Protocol):
     name: str
+    # The runner lays batches out for sharing (and builds meta.shared) only when this is True.
+    supports_shared_prefix: bool
+    # Pure-decode forward passes may be captured as CUDA graphs and replayed.
+    supports_cuda_graphs: bool
 
     def forward(
         self,
@@ -33,11 +69,21 @@ class AttentionBackend(Protocol):
         """Compile (JIT) every kernel variant a run can need, at engine start rather than mid-run."""
         ...
 
+    def init_capture_graph(
+        self, max_batch: int, max_levels: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
+        dtype: torch.dtype, device: torch.device,
+    ) -> GraphPlanner:  # fmt: skip
+        """The planner of shared-segment decode graphs up to `max_batch` rows and `max_levels` levels
+        (only asked of a backend with supports_cuda_graphs)."""
+        ...
+
 
 class ReferenceBackend:
     """Per-sequence PyTorch attention on gathered paged KV: slow, simple, the oracle."""
 
     name = "reference"
+    supports_shared_prefix = False  # ignores meta.shared (benchmarks may set it to lay batches out anyway)
+    supports_cuda_graphs = False
 
     def forward(self, query, key, value, k_cache, v_cache, meta, scale):
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
@@ -46,16 +92,39 @@ class ReferenceBackend:
     def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
         pass  # plain PyTorch: nothing to compile
 
+    def init_capture_graph(self, *args, **kwargs) -> GraphPlanner:
+        raise NotImplementedError("the reference backend runs eagerly (no CUDA graphs)")
+
+
+def _triton(**options) -> Callable[[], AttentionBackend]:
+    def make() -> AttentionBackend:
+        from batchllm.attention.triton.backend import TritonBackend  # imports Triton: only when asked for
+
+        return TritonBackend(**options)
+
+    return make
+
+
+_REGISTRY: dict[str, Callable[[], AttentionBackend]] = {
+    "reference": ReferenceBackend,
+    "triton": _triton(),
+    "triton-unfused": _triton(use_shared_prefix_kernel=False),  # ablation: no prefix-shared kernel
+}
+
+
+def register_attention_backend(name: str, factory: Callable[[], AttentionBackend]) -> None:
+    """Make `factory` the backend called `name` (a later registration of the same name replaces it)."""
+    _REGISTRY[name] = factory
+
+
+def attention_backend_names() -> list[str]:
+    return list(_REGISTRY)
+
 
 def get_attention_backend(name: str) -> AttentionBackend:
-    if name == "reference":
-        return ReferenceBackend()
-    if name == "triton":
-        from batchllm.attention.triton_backend import TritonBackend
-
-        return TritonBackend()
-    if name == "triton-unfused":  # ablation: no prefix-shared kernel
-        from batchllm.attention.triton_backend import TritonBackend
-
-        return TritonBackend(use_shared_prefix_kernel=False)
-    raise ValueError(f"attention backend {name!r} is unknown; use 'reference', 'triton' or 'triton-unfused'")
+    factory = _REGISTRY.get(name) if isinstance(name, str) else None
+    if factory is None:
+        names = [repr(n) for n in _REGISTRY]
+        known = " or ".join([", ".join(names[:-1]), names[-1]]) if len(names) > 1 else names[0]
+        raise ValueError(f"attention backend {name!r} is unknown; use {known}")
+    return factory()

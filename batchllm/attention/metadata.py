@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Hashable, Optional
 
 import torch
+
+from batchllm.host_to_device import to_device
 
 
 @dataclass
@@ -36,6 +38,9 @@ class SharedPrefixMetadata:
     seg_kv_end_cpu: list[int]
     seg_level_cpu: list[int]
     distinct_kv_start_cpu: list[int]
+    # Launch plans a backend derived from this batch's host copies, under keys of the backend's own
+    # (one metadata object per batch: every layer of a forward pass reuses them; a CUDA graph pins its own).
+    launch_plans: dict[Hashable, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def num_segments(self) -> int:
@@ -73,3 +78,53 @@ class AttentionMetadata:
     @property
     def is_pure_decode(self) -> bool:
         return self.max_query_len == 1
+
+
+def max_decode_segments(batch_size: int, num_levels: int) -> int:
+    """Segments a pure-decode batch can have: every segment has >= 2 members, a level's are disjoint."""
+    return num_levels * (batch_size // 2)
+
+
+@dataclass
+class Segment:
+    """Host description of one shared segment (see `SharedPrefixMetadata`)."""
+
+    q_start: int
+    q_end: int
+    kv_start: int
+    kv_end: int
+    level: int
+    block_table: list[int]  # physical blocks of positions [0, kv_end) (ancestors' blocks included)
+
+
+def build_shared_prefix_metadata(
+    segments: list[Segment], distinct_kv_start: list[int], device: torch.device | str
+) -> SharedPrefixMetadata:
+    """SharedPrefixMetadata (device tensors + host copies) from host-side segment descriptions."""
+    max_blocks = max([len(s.block_table) for s in segments] + [1])
+    tables = torch.zeros(len(segments), max_blocks, dtype=torch.int32)
+    for i, s in enumerate(segments):
+        tables[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
+    cols = {
+        name: [getattr(s, name) for s in segments] for name in ("q_start", "q_end", "kv_start", "kv_end", "level")
+    }
+
+    def dev(xs: list[int]) -> torch.Tensor:
+        return to_device(xs, torch.int32, device)
+
+    return SharedPrefixMetadata(
+        seg_q_start=dev(cols["q_start"]),
+        seg_q_end=dev(cols["q_end"]),
+        seg_kv_start=dev(cols["kv_start"]),
+        seg_kv_end=dev(cols["kv_end"]),
+        seg_level=dev(cols["level"]),
+        seg_block_tables=to_device(tables, torch.int32, device),
+        distinct_kv_start=dev(distinct_kv_start),
+        num_levels=max(cols["level"], default=-1) + 1,
+        seg_q_start_cpu=cols["q_start"],
+        seg_q_end_cpu=cols["q_end"],
+        seg_kv_start_cpu=cols["kv_start"],
+        seg_kv_end_cpu=cols["kv_end"],
+        seg_level_cpu=cols["level"],
+        distinct_kv_start_cpu=list(distinct_kv_start),
+    )

@@ -7,15 +7,6 @@ import torch
 from batchllm.attention.metadata import AttentionMetadata
 
 
-def write_kv_cache(
-    key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slot_mapping: torch.Tensor
-) -> None:
-    """Store this iteration's keys/values ([T, Hkv, D]) into their cache slots."""
-    num_blocks, block_size, num_kv_heads, head_dim = k_cache.shape
-    k_cache.view(num_blocks * block_size, num_kv_heads, head_dim)[slot_mapping] = key
-    v_cache.view(num_blocks * block_size, num_kv_heads, head_dim)[slot_mapping] = value
-
-
 def gather_kv(cache: torch.Tensor, block_table: torch.Tensor, seq_len: int) -> torch.Tensor:
     """The first seq_len cached tokens of one sequence, [seq_len, Hkv, D]."""
     block_size = cache.shape[1]

@@ -1,4 +1,4 @@
-"""PyTorch reference of prefix-shared ("cascade") attention, plus a builder for `SharedPrefixMetadata`.
+"""PyTorch reference of prefix-shared ("cascade") attention: the oracle of the fused Triton kernel.
 
 The computation the fused Triton kernel must match, done the simple way (fp32):
 
@@ -16,13 +16,10 @@ there) this equals `paged_attention_reference`, which ignores `meta.shared`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
-from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
+from batchllm.attention.metadata import AttentionMetadata
 from batchllm.attention.reference import gather_kv
-from batchllm.host_to_device import to_device
 
 
 def attend_with_lse(
@@ -103,48 +100,3 @@ def shared_prefix_attention_reference(
 
     out = merge_partials(outs, lses).to(query.dtype)
     return (out, outs, lses) if return_partials else out
-
-
-@dataclass
-class Segment:
-    """Host description of one shared segment (see `SharedPrefixMetadata`)."""
-
-    q_start: int
-    q_end: int
-    kv_start: int
-    kv_end: int
-    level: int
-    block_table: list[int]  # physical blocks of positions [0, kv_end) (ancestors' blocks included)
-
-
-def build_shared_prefix_metadata(
-    segments: list[Segment], distinct_kv_start: list[int], device: torch.device | str
-) -> SharedPrefixMetadata:
-    """SharedPrefixMetadata (device tensors + host copies) from host-side segment descriptions."""
-    max_blocks = max([len(s.block_table) for s in segments] + [1])
-    tables = torch.zeros(len(segments), max_blocks, dtype=torch.int32)
-    for i, s in enumerate(segments):
-        tables[i, : len(s.block_table)] = torch.tensor(s.block_table, dtype=torch.int32)
-    cols = {
-        name: [getattr(s, name) for s in segments] for name in ("q_start", "q_end", "kv_start", "kv_end", "level")
-    }
-
-    def dev(xs: list[int]) -> torch.Tensor:
-        return to_device(xs, torch.int32, device)
-
-    return SharedPrefixMetadata(
-        seg_q_start=dev(cols["q_start"]),
-        seg_q_end=dev(cols["q_end"]),
-        seg_kv_start=dev(cols["kv_start"]),
-        seg_kv_end=dev(cols["kv_end"]),
-        seg_level=dev(cols["level"]),
-        seg_block_tables=to_device(tables, torch.int32, device),
-        distinct_kv_start=dev(distinct_kv_start),
-        num_levels=max(cols["level"], default=-1) + 1,
-        seg_q_start_cpu=cols["q_start"],
-        seg_q_end_cpu=cols["q_end"],
-        seg_kv_start_cpu=cols["kv_start"],
-        seg_kv_end_cpu=cols["kv_end"],
-        seg_level_cpu=cols["level"],
-        distinct_kv_start_cpu=list(distinct_kv_start),
-    )

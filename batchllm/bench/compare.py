@@ -69,7 +69,7 @@ class RunResult:
 def _compiled_variants(on_gpu: bool) -> int:
     if not on_gpu:  # CPU runs use the reference attention: nothing is compiled
         return 0
-    from batchllm.attention.triton_backend import compiled_kernel_variants
+    from batchllm.attention.triton.backend import compiled_kernel_variants
 
     return compiled_kernel_variants()
 

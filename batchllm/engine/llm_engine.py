@@ -11,7 +11,8 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from batchllm.config import EngineConfig, SchedulerConfig
-from batchllm.engine.request import PENDING_TOKEN, Request, RequestStatus
+from batchllm.core.plan import SchedulerOutput
+from batchllm.core.request import Request, RequestStatus
 from batchllm.engine.stop_checker import StopChecker
 from batchllm.engine.trace import IterationTrace
 from batchllm.kv_cache.block_pool import BlockPool
@@ -20,7 +21,7 @@ from batchllm.outputs import CompletionOutput, RequestOutput
 from batchllm.runner.model_runner import ModelRunner
 from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.sampling_params import SamplingParams
-from batchllm.scheduler.interface import Scheduler, SchedulerOutput
+from batchllm.scheduler.interface import Scheduler
 from batchllm.scheduler.scheduler import BatchScheduler
 
 logger = logging.getLogger(__name__)
@@ -149,17 +150,11 @@ class LLMEngine:
                 chunk.request.metrics.first_scheduled_time = now
         sampled = self.runner.launch(plan, self._in_flight)
         self.num_iterations += 1
-        decode_tokens = 0
-        for chunk in plan.chunks:
-            request = chunk.request
-            if request.num_computed_tokens >= request.num_prompt_tokens:
-                decode_tokens += chunk.num_new_tokens
-            request.num_computed_tokens += chunk.num_new_tokens
-        for row, chunk in enumerate(sampled.chunks):
-            request = chunk.request
-            sampled.token_positions.append(len(request.token_ids))
-            request.token_ids.append(PENDING_TOKEN)
-            request.pending_token_row = row
+        # The trace splits work by prompt vs output tokens (what the prefill/decode reports count), which
+        # is not the scheduler's "one-token step": a one-token prompt tail is prompt work. Read before the
+        # scheduler records the launch.
+        decode_tokens = plan.num_tokens_past_prompt
+        self.scheduler.on_launched(plan, sampled.chunks, sampled.token_positions)
         self.trace.record(
             batch_tokens=plan.num_tokens,
             prefill_tokens=plan.num_tokens - decode_tokens,

@@ -6,7 +6,7 @@ from typing import Sequence
 
 from transformers import PreTrainedTokenizerBase
 
-from batchllm.engine.request import Request
+from batchllm.core.request import Request
 
 
 class StopChecker:

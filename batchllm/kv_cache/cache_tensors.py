@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from batchllm.config import CacheConfig
-from batchllm.model.arch_config import ArchConfig
 
 
-def kv_bytes_per_block(arch: ArchConfig, block_size: int, dtype: torch.dtype) -> int:
-    return arch.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * block_size
+class KVShape(Protocol):
+    """The numbers the KV tensors' shape depends on (the model's architecture config has these fields)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
 
 
-def num_blocks_for_budget(budget_bytes: int, arch: ArchConfig, cache: CacheConfig, dtype: torch.dtype) -> int:
+def kv_bytes_per_block(arch: KVShape, block_size: int, dtype: torch.dtype) -> int:
+    """K and V of every layer for `block_size` tokens."""
+    return 2 * arch.num_layers * arch.num_kv_heads * arch.head_dim * (torch.finfo(dtype).bits // 8) * block_size
+
+
+def num_blocks_for_budget(budget_bytes: int, arch: KVShape, cache: CacheConfig, dtype: torch.dtype) -> int:
     return max(0, budget_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
 
 
@@ -25,7 +35,7 @@ def gpu_kv_budget_bytes(device: torch.device, utilization: float) -> int:
 
 
 def allocate_kv_cache(
-    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    arch: KVShape, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
     return [
@@ -35,7 +45,7 @@ def allocate_kv_cache(
 
 
 def allocate_host_kv_cache(
-    arch: ArchConfig, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
+    arch: KVShape, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Host-side blocks for swapped-out KV: pinned when the cache is on a GPU (fast async copies back)."""
     shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)

@@ -6,7 +6,7 @@ mean equal prefixes, as in vLLM's automatic prefix caching.
 
 from __future__ import annotations
 
-from batchllm.engine.request import Request
+from batchllm.core.request import Request
 
 
 def extend_block_hashes(request: Request, block_size: int, num_full_blocks: int) -> None:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton_utils import next_pow2
+from batchllm.attention.triton.utils import next_pow2
 
 
 @triton.jit

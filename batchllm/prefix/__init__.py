@@ -1,4 +1,5 @@
-"""Global prefix identification: prefix tree, DP into prefix groups, reuse statistics (DESIGN.md section 1)."""
+"""Global prefix identification: a prefix tree of the whole batch, a DP that cuts it into prefix groups
+(each shared prefix computed once), and reuse statistics."""
 
 from batchllm.prefix.analysis import analyze_prefixes
 from batchllm.prefix.lru_sim import LruResult, simulate_lru_prefix_cache

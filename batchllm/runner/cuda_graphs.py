@@ -19,15 +19,8 @@ from typing import Optional
 
 import torch
 
-from batchllm.attention.backend import AttentionBackend
-from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
-from batchllm.attention.triton_shared_prefix import (
-    DecodeGraphShape,
-    decode_graph_max_segments,
-    decode_graph_shape,
-    decode_graph_tile_starts,
-    pin_decode_graph_plan,
-)
+from batchllm.attention.backend import AttentionBackend, GraphShape
+from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata, max_decode_segments
 from batchllm.model.decoder import DecoderForCausalLM
 from batchllm.runner.input_batch import ModelInputs
 
@@ -37,7 +30,7 @@ from batchllm.runner.input_batch import ModelInputs
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256) + tuple(range(288, 513, 32)) + tuple(range(576, 1025, 64))
 MAX_SHARED_LEVELS = 2  # deeper chains run eagerly
 
-GraphKey = tuple[int, Optional[DecodeGraphShape]]
+GraphKey = tuple[int, Optional[GraphShape]]
 
 
 class DecodeGraphs:
@@ -69,10 +62,13 @@ class DecodeGraphs:
         self.logits_indices = torch.arange(size, dtype=torch.long, device=device)
         # Every graph copies its logits here, so graphs do not each keep a [bucket, vocab] output alive.
         self.logits = torch.empty(size, model.cfg.vocab_size, dtype=torch.float32, device=device)
-        # Segment tables of shared batches (allocated with the first shared graph).
-        max_segments = decode_graph_max_segments(size, MAX_SHARED_LEVELS)
+        # Segment tables of shared batches (allocated with the first shared graph); what the backend's
+        # kernels replay besides them (their launch plan) is the planner's.
+        max_segments = max_decode_segments(size, MAX_SHARED_LEVELS)
+        self.graph_planner = backend.init_capture_graph(
+            size, MAX_SHARED_LEVELS, *self.heads, self.dtype, device
+        )  # fmt: skip
         self._seg_cols: Optional[torch.Tensor] = None  # [5, max_segments]: q_start, q_end, kv_start, kv_end, level
-        self._seg_tile_start: Optional[torch.Tensor] = None  # [max_segments + 1]
         self._seg_block_tables: Optional[torch.Tensor] = None  # [max_segments, max_blocks_per_seq]
         self._distinct_kv_start: Optional[torch.Tensor] = None  # [size]
         self._max_segments = max_segments
@@ -85,7 +81,7 @@ class DecodeGraphs:
     def capture_shared_graphs(self, num_levels: int = 1) -> None:
         """Capture the shared-segment graphs of every bucket for 1..num_levels levels (capped at
         MAX_SHARED_LEVELS), if the backend shares prefixes, so a timed run captures none."""
-        if getattr(self.backend, "uses_shared_prefix", False):
+        if self.backend.supports_shared_prefix:
             for levels in range(1, min(num_levels, MAX_SHARED_LEVELS) + 1):
                 for bucket in reversed(self.buckets[1:]):  # a segment needs two rows
                     key = self._shared_key(bucket, levels)
@@ -93,7 +89,7 @@ class DecodeGraphs:
                         self._capture(key)
 
     def _shared_key(self, bucket: int, num_levels: int) -> GraphKey:
-        return bucket, decode_graph_shape(bucket, num_levels, *self.heads, self.dtype, self.device)
+        return bucket, self.graph_planner.graph_shape(bucket, num_levels)
 
     @property
     def max_batch(self) -> int:
@@ -103,14 +99,13 @@ class DecodeGraphs:
     def num_shared_graphs(self) -> int:
         return sum(1 for _, shape in self.graphs if shape is not None)
 
-    def _shared_meta(self, bucket: int, shape: DecodeGraphShape) -> SharedPrefixMetadata:
+    def _shared_meta(self, bucket: int, shape: GraphShape) -> SharedPrefixMetadata:
         if self._seg_cols is None:
             device = self.device
             self._seg_cols = torch.zeros(5, self._max_segments, dtype=torch.int32, device=device)
-            self._seg_tile_start = torch.zeros(self._max_segments + 1, dtype=torch.int32, device=device)
             self._seg_block_tables = torch.full_like(self.block_tables[: self._max_segments], self.pad_block)
             self._distinct_kv_start = torch.zeros(self.max_batch, dtype=torch.int32, device=device)
-        num_segments = decode_graph_max_segments(bucket, shape.num_levels)
+        num_segments = max_decode_segments(bucket, shape.num_levels)
         cols = self._seg_cols[:, :num_segments]
         host = [0] * num_segments  # only the lengths matter: the pinned plan replaces what the host copies feed
         return SharedPrefixMetadata(
@@ -136,8 +131,6 @@ class DecodeGraphs:
         )
         if shape is not None:
             meta.shared = self._shared_meta(bucket, shape)
-            tile_start = self._seg_tile_start[: meta.shared.num_segments + 1]
-            pin_decode_graph_plan(meta, shape, tile_start, *self.heads, self.dtype)
         return meta
 
     def _forward(self, key: GraphKey, meta: AttentionMetadata) -> None:
@@ -153,7 +146,9 @@ class DecodeGraphs:
         meta = self._meta(key)
         self._reset_padding(0, key[0])
         if key[1] is not None:
-            self._seg_tile_start.zero_()  # no shared tiles while capturing: rows read only the padding block
+            # The backend pins the graph's launch plan; no shared tiles run while capturing (rows read
+            # only the padding block).
+            self.graph_planner.prepare_for_capture(meta, key[1])
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
@@ -221,9 +216,7 @@ class DecodeGraphs:
 
     def _load_segments(self, shared: SharedPrefixMetadata, key: GraphKey, num_seqs: int) -> None:
         bucket, shape = key
-        slots = decode_graph_max_segments(bucket, shape.num_levels)
-        group = self.heads[0] // self.heads[1]
-        self._seg_tile_start[: slots + 1].copy_(decode_graph_tile_starts(shared, shape, group, slots, self.device))
+        self.graph_planner.prepare_for_replay(shared, shape, max_decode_segments(bucket, shape.num_levels))
         num = shared.num_segments
         cols = self._seg_cols
         for row, tensor in enumerate(

@@ -8,12 +8,11 @@ from typing import Optional
 import numpy as np
 import torch
 
-from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.shared_prefix_reference import build_shared_prefix_metadata
-from batchllm.engine.request import PENDING_TOKEN
+from batchllm.attention.metadata import AttentionMetadata, build_shared_prefix_metadata
+from batchllm.core.plan import ScheduledChunk
+from batchllm.core.request import PENDING_TOKEN
 from batchllm.host_to_device import to_device
 from batchllm.runner.shared_segments import plan_segments
-from batchllm.scheduler.interface import ScheduledChunk
 
 
 @dataclass

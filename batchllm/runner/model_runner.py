@@ -10,6 +10,8 @@ import torch
 from batchllm.attention.backend import get_attention_backend
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.config import EngineConfig
+from batchllm.core.plan import SchedulerOutput
+from batchllm.core.preemption import PreemptionCosts
 from batchllm.kv_cache.block_table import kv_blocks_needed
 from batchllm.kv_cache.cache_tensors import (
     allocate_host_kv_cache,
@@ -25,8 +27,6 @@ from batchllm.runner.input_batch import prepare_inputs
 from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.runner.sampler import Sampler
 from batchllm.runner.shared_segments import order_for_sharing
-from batchllm.scheduler.interface import SchedulerOutput
-from batchllm.scheduler.preemption import PreemptionCosts
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class ModelRunner:
         self.backend = get_attention_backend(attention_backend)
         self.sampler = Sampler(eos_token_ids, config.seed, config.device)
         self.num_blocks = self._decide_num_blocks()
-        use_graphs = self.device.type == "cuda" and not config.enforce_eager and self.backend.name.startswith("triton")
+        use_graphs = self.device.type == "cuda" and not config.enforce_eager and self.backend.supports_cuda_graphs
         # One extra block, never handed to requests, takes the writes of CUDA-graph padding rows.
         self.kv_caches = allocate_kv_cache(
             arch, self.num_blocks + int(use_graphs), self.block_size, config.dtype, self.device
@@ -76,7 +76,7 @@ class ModelRunner:
     def set_attention_backend(self, name: str) -> None:
         self.backend = get_attention_backend(name)
         self._precompile_kernels()
-        if self.decode_graphs is not None and self.backend.name.startswith("triton"):
+        if self.decode_graphs is not None and self.backend.supports_cuda_graphs:
             # Plain decode graphs replay the paged kernel every Triton variant uses; shared-segment
             # graphs only replay for batches with meta.shared, which only a sharing backend gets.
             self.decode_graphs.backend = self.backend
@@ -178,7 +178,7 @@ class ModelRunner:
         `in_flight`: the previous iteration's tokens, which inputs still marked PENDING_TOKEN come from.
         """
         self.swap_blocks(plan)
-        shared = getattr(self.backend, "uses_shared_prefix", False)
+        shared = self.backend.supports_shared_prefix
         chunks = order_for_sharing(plan.chunks) if shared else plan.chunks
         pending = in_flight.on_device if in_flight is not None else None
         inputs = prepare_inputs(chunks, self.block_size, self.device, shared_prefix=shared, pending_tokens=pending)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from batchllm.scheduler.interface import ScheduledChunk
+from batchllm.core.plan import ScheduledChunk
 
 
 @dataclass

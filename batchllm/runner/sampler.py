@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from batchllm.engine.request import Request
+from batchllm.core.request import Request
 from batchllm.host_to_device import to_device
 from batchllm.sampling_params import MIN_SAMPLED_TEMPERATURE
 

@@ -8,9 +8,9 @@ once for all of them.
 
 from __future__ import annotations
 
-from batchllm.attention.shared_prefix_reference import Segment
-from batchllm.scheduler.interface import ScheduledChunk
-from batchllm.scheduler.prefix_groups import SharedPrefix
+from batchllm.attention.metadata import Segment
+from batchllm.core.plan import ScheduledChunk
+from batchllm.core.request import SharedPrefix
 
 
 def group_chain(chunk: ScheduledChunk) -> list[SharedPrefix]:
@@ -20,22 +20,18 @@ def group_chain(chunk: ScheduledChunk) -> list[SharedPrefix]:
     group = request.group if request.num_shared_blocks else None
     while group is not None:
         chain.append(group)
-        group = group.prefix_request.group
+        group = group.parent
     return chain[::-1]
 
 
 def order_for_sharing(chunks: list[ScheduledChunk]) -> list[ScheduledChunk]:
     """Decodes before prefills (the decode tiles of the kernels expect them first); group members adjacent."""
-
-    def is_decode(chunk: ScheduledChunk) -> bool:
-        return chunk.num_new_tokens == 1 and chunk.request.num_computed_tokens == chunk.request.num_tokens - 1
-
     if not any(c.request.num_shared_blocks for c in chunks):  # no group in the batch: a stable partition
-        decodes = [c for c in chunks if is_decode(c)]
-        return decodes + [c for c in chunks if not is_decode(c)] if len(decodes) < len(chunks) else decodes
+        decodes = [c for c in chunks if c.is_decode]
+        return decodes + [c for c in chunks if not c.is_decode] if len(decodes) < len(chunks) else decodes
 
     def key(chunk: ScheduledChunk):
-        return (0 if is_decode(chunk) else 1, tuple(g.group_id for g in group_chain(chunk)))
+        return (0 if chunk.is_decode else 1, tuple(g.group_id for g in group_chain(chunk)))
 
     return sorted(chunks, key=key)  # stable: rank order within a key
 
@@ -59,7 +55,7 @@ def plan_segments(
             while j < len(chunks) and len(chains[j]) > level and chains[j][level] is group:
                 j += 1
             if j - i >= 2:  # a lone member gains nothing from a shared pass
-                parent = group.prefix_request.group
+                parent = group.parent
                 kv_start = parent.prefix_len if parent is not None else 0
                 blocks = chunks[i].request.block_ids[: group.prefix_len // block_size]
                 segments.append(Segment(query_start[i], query_start[j], kv_start, group.prefix_len, level, blocks))

@@ -1,11 +1,11 @@
-"""Queue order: first-come-first-served, or decode-first (BatchLLM section 2)."""
+"""Queue order: first-come-first-served, or decode-first: work with the most expected decode per prefill
+token starts first, so long prefills come late and mix with running decodes."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from batchllm.engine.request import Request
-from batchllm.scheduler.prefix_groups import SharedPrefix
+from batchllm.core.request import Request, SharedPrefix
 
 
 def _prefill_tokens(request: Request) -> int:
@@ -36,7 +36,7 @@ def order_requests(
     for group in reversed(groups):  # pre-order reversed: every child is summarised before its parent
         group_info[id(group)] = _group_summary(group, group_info)
     for group in groups:
-        if group.prefix_request.group is None:  # first-level group
+        if group.parent is None:  # first-level group
             decode, prefill, first = group_info[id(group)]
             tops.append((-decode / prefill if decode_first else 0.0, first, group))
     tops.sort(key=lambda t: (t[0], t[1]))
@@ -60,8 +60,7 @@ def _group_summary(group: SharedPrefix, child_info: dict[int, tuple[int, int, in
 
 
 def _parent_len(group: SharedPrefix) -> int:
-    parent = group.prefix_request.group
-    return parent.prefix_len if parent is not None else 0
+    return group.parent.prefix_len if group.parent is not None else 0
 
 
 def _emit(item, ordered: list[Request], group_info, decode_first: bool) -> None:

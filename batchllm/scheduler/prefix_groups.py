@@ -1,39 +1,14 @@
-"""Prefix groups at run time: who computes a shared prefix once, who borrows its KV blocks, when it dies.
-
-A group's prefix is computed by an internal *prefix request* (prompt[:shared_prefix_len], no decoding).
-When it finishes, its blocks become the group's; members then start from them (sharing by reference
-count) and prefill only their own suffix. The group holds its blocks until every member has attached
-once; afterwards the blocks live exactly as long as some member (or child group) still holds them.
-With multi-level sharing, a child group's prefix request is itself a member of the parent group.
-"""
+"""A batch's prefix groups: the offline analysis turned into run-time groups, each with its prefix request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
-from batchllm.engine.request import Request
+from batchllm.core.request import Request, SharedPrefix
 from batchllm.prefix import analyze_prefixes
 from batchllm.sampling_params import SamplingParams
 
 _PREFIX_PARAMS = SamplingParams(temperature=0.0, max_tokens=1)
-
-
-@dataclass(eq=False)
-class SharedPrefix:
-    group_id: int
-    prefix_len: int
-    prefix_request: Request
-    members: list[Request] = field(default_factory=list)  # incl. child groups' prefix requests
-    blocks: Optional[list[int]] = None  # the prefix's KV blocks once computed; None before and after
-    holders: int = 0  # attached members + the group's own hold while members have not all attached
-    unattached_members: int = 0
-    reserved_blocks: int = 0  # memory-centric reservation carried over from the prefix request
-    dead: bool = False
-
-    @property
-    def ready(self) -> bool:
-        return self.blocks is not None
 
 
 def build_prefix_groups(
@@ -66,16 +41,10 @@ def build_prefix_groups(
         prefix_request.computes_prefix_of = runtime
         shared[group.group_id] = runtime
         if parent is not None:
-            _attach_member(parent, prefix_request)
+            parent.add_member(prefix_request)
         for index in group.member_ids.tolist():
-            _attach_member(runtime, requests[index])
+            runtime.add_member(requests[index])
     return list(shared.values())
-
-
-def _attach_member(group: SharedPrefix, request: Request) -> None:
-    request.group = group
-    group.members.append(request)
-    group.unattached_members += 1
 
 
 def _any_descendant(analysis, group_id: int, requests: Sequence[Request]) -> Request:

@@ -8,6 +8,7 @@ Each iteration: (1) requests of better priority waiting for memory preempt worse
 token budget; a request that needs a block when none is free preempts the worst-ranked running request
 (swap to host or recompute); (3) waiting requests are admitted in rank order while the admission rule
 allows. Members of a prefix group wait until the group's prefix KV exists, then start from it.
+The scheduler owns every request's progress; the KV cache manager owns the blocks.
 """
 
 from __future__ import annotations
@@ -18,14 +19,14 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from batchllm.config import SchedulerConfig
-from batchllm.engine.request import Request, RequestStatus
+from batchllm.core.plan import ScheduledChunk, SchedulerOutput, is_decode
+from batchllm.core.preemption import PreemptionCosts
+from batchllm.core.request import PENDING_TOKEN, Request, RequestStatus, SharedPrefix
 from batchllm.kv_cache.block_pool import BlockPool
 from batchllm.kv_cache.block_table import kv_blocks_needed
-from batchllm.kv_cache.prefix_hash import extend_block_hashes
-from batchllm.scheduler.interface import ScheduledChunk, SchedulerOutput
+from batchllm.kv_cache.manager import KVCacheManager
 from batchllm.scheduler.ordering import order_requests
-from batchllm.scheduler.preemption import PreemptionCosts
-from batchllm.scheduler.prefix_groups import SharedPrefix, build_prefix_groups
+from batchllm.scheduler.prefix_groups import build_prefix_groups
 
 
 @dataclass
@@ -51,16 +52,18 @@ class BatchScheduler:
         self.pool = pool
         self.block_size = block_size
         self.host_pool = host_pool
+        self.kv = KVCacheManager(pool, block_size, host_pool)
         self.costs = costs or PreemptionCosts()
         self._waiting: dict[int, deque[Request]] = {}  # priority -> queue in rank order
         self._parked: dict[int, list[Request]] = {}  # id(group) -> members waiting for its prefix
         self.running: list[Request] = []  # sorted by rank
-        self.reserved_blocks = 0
-        self._resident_groups: dict[int, SharedPrefix] = {}  # id -> group whose prefix KV is in the pool
-        self._pending_host_release: list[int] = []
         self._next_rank = 0
         self._next_group_id = 0
         self.counters = SchedulerCounters()
+
+    @property
+    def reserved_blocks(self) -> int:
+        return self.kv.reserved_blocks
 
     # ---- queue -------------------------------------------------------------------------------
     @property
@@ -100,74 +103,16 @@ class BatchScheduler:
             while queue:
                 yield queue, queue[0]
 
-    # ---- block accounting --------------------------------------------------------------------
-    def _reserve_for(self, request: Request, num_borrowed: Optional[int] = None) -> int:
-        """KV blocks a request will hold at most (prompt + expected output), not counting borrowed ones
-        (`num_borrowed`: the group blocks it is about to borrow; default: those it borrows now)."""
-        if request.is_prefix:
-            total = request.num_prompt_tokens
-        else:
-            total = request.num_prompt_tokens + request.expected_output_tokens
-        borrowed = request.num_shared_blocks if num_borrowed is None else num_borrowed
-        return max(0, kv_blocks_needed(total, self.block_size) - borrowed)
-
-    def _unreserve(self, request: Request) -> None:
-        self.reserved_blocks -= request.reserved_blocks
-        request.reserved_blocks = 0
-
-    def _release_request_blocks(self, request: Request) -> None:
-        """Drop everything a request holds: own blocks, borrowed blocks, its hold on the group."""
-        self.pool.release(request.block_ids[::-1])
-        request.block_ids = []
-        if request.num_shared_blocks:
-            request.num_shared_blocks = 0
-            self._drop_group_holder(request.group)
-        self._unreserve(request)
-
-    def _drop_group_holder(self, group: SharedPrefix) -> None:
-        group.holders -= 1
-        if group.holders == 0:
-            # Last holder gone: the prefix KV is freed (its blocks were released by the holders).
-            group.blocks = None
-            group.dead = True
-            self._resident_groups.pop(id(group), None)
-            self.reserved_blocks -= group.reserved_blocks
-            group.reserved_blocks = 0
-            parent = group.prefix_request.group
-            if parent is not None:
-                self._drop_group_holder(parent)
-
-    def _attach_to_group(self, request: Request) -> None:
-        group = request.group
-        self.pool.share(group.blocks)
-        request.block_ids = list(group.blocks)
-        request.num_shared_blocks = len(group.blocks)
-        request.num_computed_tokens = group.prefix_len
-        group.holders += 1
-        if not request.has_attached_to_group:
-            # A flag on the request, not a set of id()s: ids of finished requests are reused by later ones.
-            request.has_attached_to_group = True
-            group.unattached_members -= 1
-            if group.unattached_members == 0:  # every member holds the blocks now: drop the group's own hold
-                self.pool.release(group.blocks[::-1])
-                self._drop_group_holder(group)
-
     # ---- preemption --------------------------------------------------------------------------
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self.counters.preemptions += 1
         request.metrics.num_preemptions += 1
-        private = request.block_ids[request.num_shared_blocks :]
-        if self._should_swap(request, len(private)):
-            host_blocks = self.host_pool.allocate(len(private))
-            out.swap_out.extend(zip(private, host_blocks))
-            self.pool.release(private[::-1])
-            request.block_ids = request.block_ids[: request.num_shared_blocks]
-            request.swapped_blocks = host_blocks
-            self._unreserve(request)
+        if self._should_swap(request, len(request.block_ids) - request.num_shared_blocks):
+            out.swap_out.extend(self.kv.swap_out(request))
             self.counters.swaps += 1
         else:
-            self._release_request_blocks(request)
+            self.kv.free(request)
             request.num_computed_tokens = 0
             self.counters.recomputes += 1
         request.status = RequestStatus.WAITING
@@ -176,12 +121,10 @@ class BatchScheduler:
 
     def _should_swap(self, request: Request, num_private_blocks: int) -> bool:
         mode = self.config.preemption_mode
-        if mode == "recompute" or self.host_pool is None or num_private_blocks == 0:
+        if mode == "recompute" or not self.kv.can_swap_out(num_private_blocks):
             return False
         if request.reached_max_output:
             return False  # it finishes when its in-flight token arrives: its KV is not needed again
-        if num_private_blocks > self.host_pool.num_free:
-            return False
         if mode == "swap":
             return True
         recompute = self.costs.recompute_seconds(request.num_computed_tokens - request.num_shared_blocks * self.block_size)
@@ -193,16 +136,11 @@ class BatchScheduler:
         A computed prefix whose members have not started pins memory without progress; when nothing else can
         give way, dropping it is the only move that cannot deadlock. Its members then prefill their whole prompt.
         """
-        idle = [
-            g for g in self._resident_groups.values()
-            if g is not keep and g.unattached_members > 0 and g.holders == 1  # only the group's own hold
-        ]  # fmt: skip
+        idle = self.kv.idle_groups(keep)
         if not idle:
             return False
-        group = max(idle, key=lambda g: g.prefix_request.rank)
         self.counters.evicted_groups += 1
-        self.pool.release(group.blocks[::-1])
-        self._drop_group_holder(group)
+        self.kv.evict_group(max(idle, key=lambda g: g.prefix_request.rank))
         return True
 
     def _worst_running(self, exclude: set[int]) -> Optional[Request]:
@@ -220,10 +158,7 @@ class BatchScheduler:
 
     def _grow(self, request: Request, num_new: int, out: SchedulerOutput, scheduled: set[int]) -> bool:
         """Allocate blocks for the next chunk, preempting worse-ranked requests; False if `request` itself went."""
-        need = kv_blocks_needed(request.num_computed_tokens + num_new, self.block_size) - len(request.block_ids)
-        if need <= 0:  # most decode steps: the token fits in the last block
-            return True
-        while need > self.pool.num_free:
+        while self.kv.allocate_slots(request, num_new) is None:
             victim = self._worst_running(scheduled | {id(request)})
             if victim is None or victim.rank < request.rank:
                 if self._evict_idle_group(keep=request.group):
@@ -231,7 +166,6 @@ class BatchScheduler:
                 self._preempt(request, out)
                 return False
             self._preempt(victim, out)
-        request.block_ids.extend(self.pool.allocate(need))
         return True
 
     def _priority_preemption(self, out: SchedulerOutput) -> None:
@@ -250,7 +184,7 @@ class BatchScheduler:
                                 self.block_size)
         if self.config.token_batching == "memory":
             limit = self.config.memory_threshold * self.pool.num_blocks
-            return self.reserved_blocks + self._reserve_for(request) <= limit and need <= self.pool.num_free
+            return not self.kv.over_limit(request, limit) and need <= self.pool.num_free
         return need <= self.pool.num_free
 
     def schedule(self) -> SchedulerOutput:
@@ -261,7 +195,7 @@ class BatchScheduler:
         scheduled: set[int] = set()
 
         # A request whose last allowed token is still in flight stops when it arrives: nothing to run.
-        decodes = [r for r in self.running if r.num_computed_tokens == r.num_tokens - 1 and not r.reached_max_output]
+        decodes = [r for r in self.running if is_decode(r) and not r.reached_max_output]
         prefills = [r for r in self.running if r.num_computed_tokens < r.num_tokens - 1]
         for request in decodes + prefills:
             if budget == 0:
@@ -306,107 +240,63 @@ class BatchScheduler:
 
     def _try_admit(self, request: Request, budget: int, limit: Optional[float], out: SchedulerOutput) -> Optional[int]:
         """Admit `request` if memory allows; returns the tokens scheduled for it (None: not admitted)."""
+        busy_limit = limit if (self.running or out.chunks) else None  # the first request always fits the limit
         if request.swapped_blocks is not None:
-            return self._try_swap_in(request, budget, limit, out)
-        borrowed: list[int] = []
-        cached: list[int] = []
-        if request.group is not None and request.group.ready:
-            borrowed = request.group.blocks
-        elif self.pool.enable_caching and request.num_computed_tokens == 0:
-            extend_block_hashes(request, self.block_size, (request.num_tokens - 1) // self.block_size)
-            cached = self.pool.cached_prefix(request.block_hashes[: (request.num_tokens - 1) // self.block_size])
-        start = max(len(borrowed), len(cached)) * self.block_size if (borrowed or cached) else request.num_computed_tokens
-        if borrowed:
-            start = request.group.prefix_len
-        num_new = self._chunk_size(request, start, budget)
-        if num_new == 0:
-            return None
-        reused = borrowed or cached
-        need = kv_blocks_needed(start + num_new, self.block_size) - len(reused)
-        revived = sum(1 for b in cached if self.pool.ref_count(b) == 0)  # evictable blocks we are about to take
-        if need > self.pool.num_free - revived:
-            return None
-        if limit is not None:
-            reserve = self._reserve_for(request, num_borrowed=len(borrowed))
-            if self.reserved_blocks + reserve > limit and (self.running or out.chunks):
+            num_new = self._chunk_size(request, request.num_computed_tokens, budget)
+            if num_new == 0:
                 return None
-        if borrowed:
-            self._attach_to_group(request)
-        elif cached:
-            self.pool.acquire_cached(cached)
-            request.block_ids = list(cached)
-            request.num_computed_tokens = start
+            pairs = self.kv.swap_in(request, num_new, busy_limit)
+            if pairs is None:
+                return None
+            out.swap_in.extend(pairs)
+            return self._start_running(request, num_new, limit is not None, out)
+        borrowed, cached, start = self.kv.reusable_prefix(request)
+        num_new = self._chunk_size(request, start, budget)
+        if num_new == 0 or not self.kv.allocate_admission(request, borrowed, cached, start, num_new, busy_limit):
+            return None
+        if cached and not borrowed:
             self.counters.cache_hit_tokens += start
-        request.block_ids.extend(self.pool.allocate(need))
-        return self._start_running(request, num_new, limit is not None, out)
-
-    def _try_swap_in(self, request: Request, budget: int, limit: Optional[float], out: SchedulerOutput) -> Optional[int]:
-        host_blocks = request.swapped_blocks
-        num_new = self._chunk_size(request, request.num_computed_tokens, budget)
-        if num_new == 0:
-            return None
-        grow = kv_blocks_needed(request.num_computed_tokens + num_new, self.block_size) - (
-            request.num_shared_blocks + len(host_blocks)
-        )
-        if len(host_blocks) + max(0, grow) > self.pool.num_free:
-            return None
-        if limit is not None and self.reserved_blocks + self._reserve_for(request) > limit and (self.running or out.chunks):
-            return None
-        device_blocks = self.pool.allocate(len(host_blocks))
-        out.swap_in.extend(zip(host_blocks, device_blocks))
-        self._pending_host_release.extend(host_blocks)  # freed after the copy has run
-        request.block_ids.extend(device_blocks)
-        request.block_ids.extend(self.pool.allocate(max(0, grow)))
-        request.swapped_blocks = None
         return self._start_running(request, num_new, limit is not None, out)
 
     def _start_running(self, request: Request, num_new: int, reserve: bool, out: SchedulerOutput) -> int:
         """Admission's last step: reserve its memory (memory-centric mode), run it, schedule its first chunk."""
         if reserve:
-            request.reserved_blocks = self._reserve_for(request)
-            self.reserved_blocks += request.reserved_blocks
+            self.kv.reserve(request)
         request.status = RequestStatus.RUNNING
         bisect.insort(self.running, request, key=lambda r: r.rank)
         out.chunks.append(ScheduledChunk(request, num_new))
         return num_new
 
-    # ---- after the model ran -----------------------------------------------------------------
+    # ---- progress (this scheduler is its one owner) --------------------------------------------
+    def on_launched(self, out: SchedulerOutput, sampled: list[ScheduledChunk], token_positions: list[int]) -> None:
+        """The iteration was launched: its tokens count as computed, and every sampling chunk (row order)
+        gets a PENDING_TOKEN that the host fills in when the token arrives."""
+        for chunk in out.chunks:
+            chunk.request.num_computed_tokens += chunk.num_new_tokens
+        for row, chunk in enumerate(sampled):
+            request = chunk.request
+            token_positions.append(len(request.token_ids))
+            request.token_ids.append(PENDING_TOKEN)
+            request.pending_token_row = row
+
     def on_step_done(self, out: SchedulerOutput) -> None:
-        """Called after the iteration ran and num_computed_tokens advanced."""
-        if self._pending_host_release:
-            self.host_pool.release(self._pending_host_release)
-            self._pending_host_release = []
+        """Called after the iteration ran (its launch recorded by on_launched)."""
+        self.kv.step_done()
         for chunk in out.chunks:
             request = chunk.request
             if request.is_finished:
                 continue  # stopped on a token that arrived after this iteration was launched
-            if self.pool.enable_caching:
-                full = request.num_computed_tokens // self.block_size
-                extend_block_hashes(request, self.block_size, full)
-                for i in range(full):
-                    self.pool.cache_block(request.block_ids[i], request.block_hashes[i])
+            self.kv.cache_computed_blocks(request)
             if request.is_prefix and request.num_computed_tokens == request.num_tokens:
                 self._prefix_computed(request)
 
     def _prefix_computed(self, prefix_request: Request) -> None:
-        group = prefix_request.computes_prefix_of
         self.running.remove(prefix_request)
         prefix_request.status = RequestStatus.FINISHED
-        # The prefix request's references become the group's own hold on the blocks.
-        group.blocks = list(prefix_request.block_ids)
-        self._resident_groups[id(group)] = group
-        group.holders += 1
-        group.reserved_blocks = prefix_request.reserved_blocks
-        prefix_request.reserved_blocks = 0
-        prefix_request.block_ids = []
-        # Its hold on a parent group (if any) passes to this group, dropped when this group dies.
-        prefix_request.num_shared_blocks = 0
-        parked = self._parked.pop(id(group), [])
+        parked = self._parked.pop(id(prefix_request.computes_prefix_of), [])
         for member in reversed(parked):
             self._enqueue(member, front=True)
-        if group.unattached_members == 0:
-            self.pool.release(group.blocks[::-1])
-            self._drop_group_holder(group)
+        self.kv.prefix_computed(prefix_request)
 
     def finish_request(self, request: Request) -> None:
         try:
@@ -415,7 +305,7 @@ class BatchScheduler:
             # Preempted after its last token was sampled, before the token reached the host: it waits
             # in a queue (or parked), perhaps with its private KV swapped out.
             self._forget_waiting(request)
-        self._release_request_blocks(request)
+        self.kv.free(request)
 
     def _forget_waiting(self, request: Request) -> None:
         queue = self._waiting.get(request.priority)
@@ -426,6 +316,4 @@ class BatchScheduler:
                 if request in parked:
                     parked.remove(request)
                     break
-        if request.swapped_blocks is not None:
-            self.host_pool.release(request.swapped_blocks)
-            request.swapped_blocks = None
+        self.kv.free_swapped(request)

@@ -1,7 +1,7 @@
 """Run Triton kernels in the CPU interpreter when there is no GPU.
 
 TRITON_INTERPRET is read when a kernel is decorated (module import), so it is set here, before
-any test module imports triton or batchllm.attention.triton_paged.
+any test module imports triton or batchllm.attention.triton.paged.
 """
 
 import os

@@ -18,25 +18,27 @@ from batchllm.attention.shared_prefix_reference import (  # noqa: E402
     merge_partials,
     shared_prefix_attention_reference,
 )
-from batchllm.attention.shared_prefix_workload import (  # noqa: E402
+from tests.attention.shared_prefix_workload import (  # noqa: E402
     PrefixNode,
     SeqSpec,
     SharedBatch,
     make_shared_batch,
     uniform_groups,
 )
-from batchllm.attention.triton_shared_prefix import (  # noqa: E402
-    _choose_shared_splits,
-    _get_plan,
+from batchllm.attention.triton.graph_plan import (  # noqa: E402
     decode_graph_max_segments,
     decode_graph_shape,
     decode_graph_tile_starts,
-    is_prefill_heavy,
     pin_decode_graph_plan,
-    precompile_shared_prefix_kernels,
-    shared_prefix_attention_triton,
+)
+from batchllm.attention.triton.graph_plan import get_plan as _get_plan  # noqa: E402
+from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import (  # noqa: E402
+    _choose_shared_splits,
+    is_prefill_heavy,
     shared_prefix_config,
 )
+from batchllm.attention.triton.warmup import precompile_shared_prefix_kernels  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -258,17 +260,17 @@ def _variant(plan) -> tuple[int, bool, bool]:
 def test_precompile_covers_every_variant_a_batch_can_select(monkeypatch, dtype, launches):
     """Every (tile config, variant) a batch can select is compiled at start; in 16-bit, prefill-heavy
     launches select their own tiles, so those variants are precompiled too."""
-    import batchllm.attention.triton_shared_prefix as tsp
+    import batchllm.attention.triton.shared_prefix as tsp
 
     seen = set()
-    real = tsp._get_plan
+    real = tsp.get_plan
 
     def spy(meta, cfg, *args):
         plan = real(meta, cfg, *args)
         seen.add((cfg, _variant(plan)))
         return plan
 
-    monkeypatch.setattr(tsp, "_get_plan", spy)
+    monkeypatch.setattr(tsp, "get_plan", spy)
     heads, head_dim = (8, 2), 32
     assert precompile_shared_prefix_kernels(*heads, head_dim, dtype, DEVICE, 16) == launches
     precompiled = set(seen)

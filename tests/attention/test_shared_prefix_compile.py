@@ -10,11 +10,11 @@ pytest.importorskip("triton")
 
 from tests.attention.compile_check import run_compile_check  # noqa: E402
 
-from batchllm.attention.triton_shared_prefix import shared_prefix_config  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import shared_prefix_config  # noqa: E402
 
 
 def test_shared_prefix_kernels_compile_for_sm90():
-    reports = run_compile_check("batchllm.attention.shared_prefix_compile_check")
+    reports = run_compile_check("batchllm.attention.triton.compile_check", "--kernels", "shared")
     tag = "bf16-h32/8-d128"
     big = shared_prefix_config(32, 8, 128, torch.bfloat16).shared_block_m  # largest shared tile of the default
     r = reports[f"fused-decode-m{big}-{tag}"]

@@ -14,7 +14,7 @@ from tests.attention.compile_check import run_compile_check  # noqa: E402
 
 
 def test_compiles_for_sm90():
-    reports = run_compile_check("batchllm.attention.triton_compile_check")
+    reports = run_compile_check("batchllm.attention.triton.compile_check", "--kernels", "paged")
     decode = reports["decode-bf16-h32/8-d128"]
     prefill = reports["prefill-bf16-h32/8-d128"]
     assert decode["async_copies"] > 0 and decode["mma"] > 0, decode  # KV loads pipelined, tensor cores used

@@ -8,8 +8,8 @@ import torch
 pytest.importorskip("triton")
 
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
-from batchllm.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch  # noqa: E402
-from batchllm.attention.triton_paged import (  # noqa: E402
+from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch  # noqa: E402
+from batchllm.attention.triton.paged import (  # noqa: E402
     choose_num_splits,
     decode_config,
     paged_attention_triton,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from batchllm.engine.request import Request
+from batchllm.core.request import Request
 from batchllm.sampling_params import SamplingParams
 
 # extend by k new blocks | replace by a prefix of the list (freeing the private tail) | replace by new blocks

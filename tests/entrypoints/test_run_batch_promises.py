@@ -7,7 +7,6 @@ import errno
 import json
 import os
 
-import pytest
 
 from batchllm.batch.requests_jsonl import auto_custom_id, line_hash
 from batchllm.batch.results_file import ResultsFile, manifest_path, read_results

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from batchllm.engine.request import PENDING_TOKEN
+from batchllm.core.plan import ScheduledChunk
+from batchllm.core.request import PENDING_TOKEN
 from batchllm.runner.input_batch import prepare_inputs
-from batchllm.scheduler.interface import ScheduledChunk
 from tests.scheduler.fake_model import make_request
 
 

@@ -28,7 +28,7 @@ def test_top_k_top_p_keeps_the_right_tokens(seed, top_k, top_p):
 
 
 def _request(index: int, params):
-    from batchllm.engine.request import Request
+    from batchllm.core.request import Request
 
     return Request(str(index), None, [1, 2], params, max_output_tokens=4, arrival_index=index)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from batchllm.attention.reference import paged_attention_reference, write_kv_cache
+from batchllm.attention.kv_store import write_kv_cache
+from batchllm.attention.reference import paged_attention_reference
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference
 from batchllm.config import SchedulerConfig
 from batchllm.kv_cache.block_pool import BlockPool

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from batchllm.engine.request import Request, RequestStatus
+from batchllm.core.request import Request, RequestStatus
 from batchllm.sampling_params import SamplingParams
 
 
@@ -12,16 +12,14 @@ def make_request(i: int, prompt: list[int], max_tokens: int = 4, priority: int =
 
 
 def run_step(scheduler, out, finished: list[Request]) -> None:
-    for chunk in out.chunks:
-        chunk.samples = chunk.completes_sequence
-    for chunk in out.chunks:
-        chunk.request.num_computed_tokens += chunk.num_new_tokens
+    sampled = [chunk for chunk in out.chunks if chunk.completes_sequence]
+    positions: list[int] = []
+    scheduler.on_launched(out, sampled, positions)  # the scheduler advances progress, as in the engine
     scheduler.on_step_done(out)
-    for chunk in out.chunks:
+    for chunk, at in zip(sampled, positions):
         request = chunk.request
-        if chunk.samples:
-            request.token_ids.append(7)
-            if request.num_output_tokens >= request.max_output_tokens:
-                request.status = RequestStatus.FINISHED
-                scheduler.finish_request(request)
-                finished.append(request)
+        request.token_ids[at] = 7
+        if request.num_output_tokens >= request.max_output_tokens:
+            request.status = RequestStatus.FINISHED
+            scheduler.finish_request(request)
+            finished.append(request)

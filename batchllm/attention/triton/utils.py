@@ -5,9 +5,12 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
+
+LOG2E = 1.4426950408889634  # scores are scaled by scale * log2(e) so the online softmax can use exp2
 
 
 def is_interpreter() -> bool:
@@ -43,6 +46,28 @@ def upcast_dot(dtype: torch.dtype) -> bool:
 def dot_precision(dtype: torch.dtype) -> str:
     """fp32 inputs: exact fp32 products (the default tf32 would lose ~3 digits); 16-bit: tensor cores."""
     return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def num_leading_decodes(query_start_loc: list[int]) -> int:
+    """Sequences at the head of the batch with q_len == 1 (engines put decodes first)."""
+    q_lens = np.diff(np.asarray(query_start_loc, dtype=np.int64))
+    not_decode = np.flatnonzero(q_lens != 1)
+    return int(not_decode[0]) if len(not_decode) else len(q_lens)
+
+
+def check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor) -> None:
+    """The shapes, dtypes and strides every attention kernel expects; ValueError otherwise."""
+    if query.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"bad shapes: query {tuple(query.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
+    if query.shape[2] != k_cache.shape[3] or query.shape[1] % k_cache.shape[2] != 0:
+        raise ValueError("query heads must be a multiple of KV heads and head dims must match")
+    if not (query.dtype == k_cache.dtype == v_cache.dtype == out.dtype):
+        raise ValueError("query, caches and out must share one dtype")
+    if out.shape != query.shape:
+        raise ValueError("out must have the query's shape")
+    for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        if t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last (head_dim) axis")
 
 
 @triton.jit

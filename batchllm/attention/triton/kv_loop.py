@@ -5,7 +5,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton_utils import dot_acc
+from batchllm.attention.triton.utils import dot_acc
 
 # Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
 # alpha = exp2(0) = 1 instead of NaN from (-inf) - (-inf).

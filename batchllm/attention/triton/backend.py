@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from batchllm.attention.kv_store import write_kv_cache
 from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.reference import write_kv_cache
-from batchllm.attention import triton_paged, triton_shared_prefix
-from batchllm.attention.triton_paged import paged_attention_triton
-from batchllm.attention.triton_shared_prefix import precompile_shared_prefix_kernels, shared_prefix_attention_triton
+from batchllm.attention.triton import paged, shared_prefix_kernels
+from batchllm.attention.triton.graph_plan import DecodeGraphPlanner
+from batchllm.attention.triton.paged import paged_attention_triton
+from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton
+from batchllm.attention.triton.warmup import precompile_shared_prefix_kernels
 
 
 class TritonBackend:
@@ -16,12 +18,18 @@ class TritonBackend:
     through the paged kernel): the ablation baseline, registered as backend "triton-unfused".
     cascade=True runs the shared kernel as separate shared / distinct / merge launches."""
 
+    supports_cuda_graphs = True
+
     def __init__(self, use_shared_prefix_kernel: bool = True, cascade: bool = False) -> None:
         self.use_shared_prefix_kernel = use_shared_prefix_kernel
         self.cascade = cascade
-        # The runner lays batches out for sharing (and builds meta.shared) only when this is True.
-        self.uses_shared_prefix = use_shared_prefix_kernel
+        self.supports_shared_prefix = use_shared_prefix_kernel
         self.name = "triton" if use_shared_prefix_kernel else "triton-unfused"
+
+    @property
+    def uses_shared_prefix(self) -> bool:
+        """Former name of `supports_shared_prefix`."""
+        return self.supports_shared_prefix
 
     def forward(
         self,
@@ -33,7 +41,6 @@ class TritonBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        # Index_put store: one small launch per cache; the attention kernels dominate.
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         if self.use_shared_prefix_kernel and meta.shared is not None:
             return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
@@ -45,10 +52,16 @@ class TritonBackend:
         if self.use_shared_prefix_kernel:
             precompile_shared_prefix_kernels(num_q_heads, num_kv_heads, head_dim, dtype, device, block_size)
 
+    def init_capture_graph(
+        self, max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device
+    ) -> DecodeGraphPlanner:
+        # Plain decode graphs replay the paged kernel and need no plan; shared-segment graphs the fused one.
+        return DecodeGraphPlanner(max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device)
+
 
 def compiled_kernel_variants() -> int:
     """Compiled variants of the attention kernels so far in this process (0 in the interpreter): a
     growing count during a timed run means Triton JIT-compiled there."""
-    kernels = (triton_paged._paged_attn_kernel, triton_paged._merge_splits_kernel,
-               triton_shared_prefix._shared_prefix_kernel, triton_shared_prefix._merge_kernel)  # fmt: skip
+    kernels = (paged._paged_attn_kernel, paged._merge_splits_kernel,
+               shared_prefix_kernels._shared_prefix_kernel, shared_prefix_kernels._merge_kernel)  # fmt: skip
     return sum(len(caches[0]) for k in kernels for caches in getattr(k, "device_caches", {}).values())

@@ -1,20 +1,17 @@
-"""Mutable state of one request as it moves through the engine."""
+"""Mutable state of one request as it moves through the engine, and of the prefix group it may start from."""
 
 from __future__ import annotations
 
 import enum
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from dataclasses import dataclass, field
+from typing import Optional, Union
 
 import numpy as np
 import torch
 
 from batchllm.outputs import RequestMetrics
 from batchllm.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from batchllm.scheduler.prefix_groups import SharedPrefix
-
 
 # Placeholder for a token the GPU has sampled but the host has not seen yet (the engine launches the next
 # iteration before reading the last one's tokens); real token ids are never negative.
@@ -128,3 +125,77 @@ class Request:
 
     def __repr__(self) -> str:
         return f"Request({self.request_id}, {self.status.value}, computed={self.num_computed_tokens}/{self.num_tokens})"
+
+
+@dataclass(eq=False)
+class SharedPrefix:
+    """A prefix group at run time: an internal *prefix request* (prompt[:prefix_len], no decoding) computes
+    the shared KV once; members then borrow its blocks and prefill only their own suffix.
+
+    Its lifetime is its own: the group holds the blocks (one hold) from `become_resident` until every member
+    has attached once; each attached member is one more holder; the group dies with its last holder. The
+    counters change only through these methods; the KV cache manager moves the blocks' references.
+    With multi-level sharing, a child group's prefix request is itself a member of the parent group.
+    """
+
+    group_id: int
+    prefix_len: int
+    prefix_request: Request
+    members: list[Request] = field(default_factory=list)  # incl. child groups' prefix requests
+    blocks: Optional[list[int]] = None  # the prefix's KV blocks once computed; None before and after
+    holders: int = 0  # attached members + the group's own hold while members have not all attached
+    unattached_members: int = 0
+    reserved_blocks: int = 0  # memory-centric reservation carried over from the prefix request
+    dead: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.blocks is not None
+
+    @property
+    def parent(self) -> Optional["SharedPrefix"]:
+        return self.prefix_request.group
+
+    @property
+    def all_attached(self) -> bool:
+        return self.unattached_members == 0
+
+    @property
+    def idle(self) -> bool:
+        """Computed, but only the group's own hold keeps it: no member uses it yet."""
+        return self.unattached_members > 0 and self.holders == 1
+
+    def add_member(self, request: Request) -> None:
+        request.group = self
+        self.members.append(request)
+        self.unattached_members += 1
+
+    def become_resident(self, blocks: list[int], reserved_blocks: int) -> None:
+        """The prefix is computed: its blocks (the prefix request's references) become the group's own hold."""
+        self.blocks = blocks
+        self.holders += 1
+        self.reserved_blocks = reserved_blocks
+
+    def attach(self, request: Request) -> bool:
+        """`request` holds the blocks now; True when it was the last member to attach for the first time
+        (the group's own hold should then go)."""
+        self.holders += 1
+        if request.has_attached_to_group:
+            return False
+        # A flag on the request, not a set of id()s: ids of finished requests are reused by later ones.
+        request.has_attached_to_group = True
+        self.unattached_members -= 1
+        return self.unattached_members == 0
+
+    def drop_holder(self) -> bool:
+        """One holder fewer; True when it was the last: the prefix KV is gone (its holders released the blocks)."""
+        self.holders -= 1
+        if self.holders:
+            return False
+        self.blocks = None
+        self.dead = True
+        return True
+
+    def take_reservation(self) -> int:
+        reserved, self.reserved_blocks = self.reserved_blocks, 0
+        return reserved

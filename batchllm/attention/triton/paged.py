@@ -22,23 +22,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
 from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.triton_kv_loop import attend_kv_range
-from batchllm.attention.triton_utils import (
+from batchllm.attention.triton.kv_loop import attend_kv_range
+from batchllm.attention.triton.query_tile import load_query_rows, seq_query_tile
+from batchllm.attention.triton.utils import (
+    LOG2E,
     cdiv,
+    check_inputs,
     dot_precision,
     is_interpreter,
     next_pow2,
+    num_leading_decodes,
     num_sms,
     upcast_dot,
 )
-
-LOG2E = 1.4426950408889634
 
 
 @dataclass(frozen=True)
@@ -55,26 +56,6 @@ class TileConfig:
 # --------------------------------------------------------------------------------------------
 # Device code
 # --------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _find_seq(qsl_ptr, seq_begin, seq_end, base, pid, BLOCK_Q: tl.constexpr):
-    """Largest seq in [seq_begin, seq_end) whose first query tile index is <= pid.
-
-    Tile index of seq i's first tile: (qsl[i] - base) // BLOCK_Q + (i - seq_begin); an upper bound
-    on the tiles of the sequences before it, so a grid of (T // BLOCK_Q + B) covers every tile
-    without host-side scheduling (same trick as vLLM's unified Triton attention).
-    """
-    lo = seq_begin
-    hi = seq_end
-    while lo < hi:
-        mid = (lo + hi) // 2
-        start = (tl.load(qsl_ptr + mid) - base) // BLOCK_Q + (mid - seq_begin)
-        if start <= pid:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
 
 
 # Block-table widths follow the batch: unspecialised, so divisibility by 16 does not pick a new variant.
@@ -125,33 +106,14 @@ def _paged_attn_kernel(
     kvh = tl.program_id(1)
     split = tl.program_id(2)
 
-    if IS_DECODE:
-        # Every sequence has q_len <= 1: program i is sequence seq_begin + i, no search needed.
-        seq = seq_begin + pid_q
-        q_tile = 0
-    else:
-        base = tl.load(qsl_ptr + seq_begin)
-        seq = _find_seq(qsl_ptr, seq_begin, seq_end, base, pid_q, BLOCK_Q)
-        q_tile = pid_q - ((tl.load(qsl_ptr + seq) - base) // BLOCK_Q + (seq - seq_begin))
-
-    q_start = tl.load(qsl_ptr + seq)
-    q_len = tl.load(qsl_ptr + seq + 1) - q_start
-    tok0 = q_tile * BLOCK_Q
+    seq, q_start, q_len, tok0 = seq_query_tile(qsl_ptr, seq_begin, seq_end, pid_q, BLOCK_Q, IS_DECODE)
     if tok0 >= q_len:
         return
     seq_len = tl.load(seq_lens_ptr + seq)
     ctx_start = seq_len - q_len  # position of the sequence's first query token
-
-    # Rows: (token, head-in-group), token-major.
-    offs_m = tl.arange(0, BLOCK_M)
-    row_tok = tok0 + offs_m // G
-    head = kvh * G + offs_m % G
-    row_ok = (offs_m < BLOCK_Q * G) & (row_tok < q_len)
-    offs_d = tl.arange(0, D_PAD)
-    d_ok = offs_d < HEAD_DIM
-    t_idx = (q_start + row_tok).to(tl.int64)
-    q_ptrs = q_ptr + (t_idx * stride_qt + head * stride_qh)[:, None] + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q, row_tok, head, row_ok, t_idx = load_query_rows(
+        q_ptr, q_start, tok0, q_len, kvh, stride_qt, stride_qh, G, BLOCK_M, BLOCK_Q, HEAD_DIM, D_PAD
+    )
     q_pos = ctx_start + row_tok
 
     # KV tiles this query tile needs, and the prefix of them that no row masks.
@@ -173,7 +135,8 @@ def _paged_attn_kernel(
         PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
 
-    store_mask = row_ok[:, None] & d_ok[None, :]
+    offs_d = tl.arange(0, D_PAD)
+    store_mask = row_ok[:, None] & (offs_d < HEAD_DIM)[None, :]
     if NUM_SPLITS == 1:
         o = acc / l_i[:, None]
         o_ptrs = out_ptr + (t_idx * stride_ot + head * stride_oh)[:, None] + offs_d[None, :]
@@ -261,13 +224,6 @@ def choose_num_splits(num_seqs: int, num_kv_heads: int, max_seq_len: int, block_
     return min(next_pow2(cdiv(target, programs)), next_pow2(max_useful), 64)
 
 
-def _num_leading_decodes(meta: AttentionMetadata) -> int:
-    """Sequences at the head of the batch with q_len == 1 (engines put decodes first)."""
-    q_lens = np.diff(np.asarray(meta.query_start_loc_cpu, dtype=np.int64))
-    not_decode = np.flatnonzero(q_lens != 1)
-    return int(not_decode[0]) if len(not_decode) else len(q_lens)
-
-
 def _launch(
     query: torch.Tensor,
     k_cache: torch.Tensor,
@@ -324,20 +280,6 @@ def _launch(
         )  # fmt: skip
 
 
-def _check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, out: torch.Tensor) -> None:
-    if query.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"bad shapes: query {tuple(query.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
-    if query.shape[2] != k_cache.shape[3] or query.shape[1] % k_cache.shape[2] != 0:
-        raise ValueError("query heads must be a multiple of KV heads and head dims must match")
-    if not (query.dtype == k_cache.dtype == v_cache.dtype == out.dtype):
-        raise ValueError("query, caches and out must share one dtype")
-    if out.shape != query.shape:
-        raise ValueError("out must have the query's shape")
-    for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in its last (head_dim) axis")
-
-
 def paged_attention_triton(
     query: torch.Tensor,
     k_cache: torch.Tensor,
@@ -360,7 +302,7 @@ def paged_attention_triton(
     """
     if out is None:
         out = torch.empty_like(query)
-    _check_inputs(query, k_cache, v_cache, out)
+    check_inputs(query, k_cache, v_cache, out)
     num_seqs = meta.num_seqs
     num_tokens = query.shape[0]
     if num_seqs == 0 or num_tokens == 0:
@@ -375,7 +317,7 @@ def paged_attention_triton(
         _launch(query, k_cache, v_cache, out, meta, qk_scale, 0, num_seqs, num_tokens, dcfg, True, num_splits)
         return out
 
-    num_decodes = _num_leading_decodes(meta)
+    num_decodes = num_leading_decodes(meta.query_start_loc_cpu)
     if num_decodes > 0:
         _launch(query, k_cache, v_cache, out, meta, qk_scale, 0, num_decodes, num_decodes, dcfg, True, 1)
     pcfg = prefill_cfg or prefill_config(num_q_heads, num_kv_heads, head_dim, query.dtype)

@@ -14,8 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.shared_prefix_reference import Segment, build_shared_prefix_metadata
+from batchllm.attention.metadata import AttentionMetadata, Segment, build_shared_prefix_metadata
 
 
 @dataclass
