@@ -90,7 +90,7 @@ class LLMEngine:
         which the failure may have left half-done. Cached prefix blocks (vllm-like) are forgotten too.
         """
         self._in_flight = None
-        counters = getattr(self.scheduler, "counters", None)
+        counters = self.scheduler.counters
         try:
             if self.config.device.type == "cuda":
                 # Launched kernels may still write KV blocks (and pinned token buffers) that the next
@@ -98,8 +98,7 @@ class LLMEngine:
                 torch.cuda.synchronize(self.config.device)
         finally:
             self._new_scheduler(self.config.scheduler)
-            if counters is not None:
-                self.scheduler.counters = counters
+            self.scheduler.counters = counters
 
     def make_request(
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int

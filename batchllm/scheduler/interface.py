@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from batchllm.core.plan import ScheduledChunk, SchedulerOutput
 from batchllm.core.request import Request
 
 
+@dataclass
+class SchedulerCounters:
+    """What a scheduler counts over its life (kept across LLMEngine.abort_all)."""
+
+    preemptions: int = 0
+    swaps: int = 0
+    recomputes: int = 0
+    prefix_groups: int = 0
+    cache_hit_tokens: int = 0
+    evicted_groups: int = 0  # prefix KV dropped before its members started (memory deadlock avoided)
+
+
 class Scheduler(Protocol):
+    counters: SchedulerCounters
+
     def add_requests(self, requests: list[Request]) -> None:
         """Queue a batch (analysed and ordered as a whole)."""
         ...

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from batchllm.config import SchedulerConfig
@@ -25,18 +24,9 @@ from batchllm.core.request import PENDING_TOKEN, Request, RequestStatus, SharedP
 from batchllm.kv_cache.block_pool import BlockPool
 from batchllm.kv_cache.block_table import kv_blocks_needed
 from batchllm.kv_cache.manager import KVCacheManager
+from batchllm.scheduler.interface import SchedulerCounters
 from batchllm.scheduler.ordering import order_requests
 from batchllm.scheduler.prefix_groups import build_prefix_groups
-
-
-@dataclass
-class SchedulerCounters:
-    preemptions: int = 0
-    swaps: int = 0
-    recomputes: int = 0
-    prefix_groups: int = 0
-    cache_hit_tokens: int = 0
-    evicted_groups: int = 0  # prefix KV dropped before its members started (memory deadlock avoided)
 
 
 class BatchScheduler:
