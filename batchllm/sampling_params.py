@@ -16,12 +16,12 @@ MIN_SAMPLED_TEMPERATURE = 1e-2
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     """A real int: True/False are ints to Python but never a meaningful count, seed or token id."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
@@ -80,35 +80,35 @@ class SamplingParams:
     def validation_errors(self, vocab_size: int) -> list[str]:
         """Every problem with these values, as '<field>: <why>' messages (empty when valid)."""
         errors = []
-        if not _is_int(self.n) or self.n != 1:
+        if not is_int(self.n) or self.n != 1:
             errors.append(f"n: {self.n} is not supported; only n=1")
-        if not _is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+        if not is_number(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
             errors.append(f"temperature: {self.temperature!r} must be a finite number >= 0 (0 is greedy)")
         # `not 0 < nan <= 1` holds, so NaN is rejected here too.
-        if not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
+        if not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             errors.append(f"top_p: {self.top_p!r} must be a number in (0, 1]")
         # Counts beyond int64 cannot go into the sampler's and scheduler's tensors (they would raise mid-batch).
-        if not _is_int(self.top_k) or not 0 <= self.top_k <= INT64_MAX:
+        if not is_int(self.top_k) or not 0 <= self.top_k <= INT64_MAX:
             errors.append(f"top_k: {self.top_k!r} must be an int in [0, 2**63 - 1] (0 or -1 disables it)")
-        if self.max_tokens is not None and (not _is_int(self.max_tokens) or not 1 <= self.max_tokens <= INT64_MAX):
+        if self.max_tokens is not None and (not is_int(self.max_tokens) or not 1 <= self.max_tokens <= INT64_MAX):
             errors.append(f"max_tokens: {self.max_tokens!r} must be an int in [1, 2**63 - 1] (or None: up to "
                           "max_model_len)")
-        if not _is_int(self.min_tokens) or not 0 <= self.min_tokens <= INT64_MAX:
+        if not is_int(self.min_tokens) or not 0 <= self.min_tokens <= INT64_MAX:
             errors.append(f"min_tokens: {self.min_tokens!r} must be an int in [0, 2**63 - 1]")
-        elif self.max_tokens is not None and _is_int(self.max_tokens) and self.min_tokens > self.max_tokens:
+        elif self.max_tokens is not None and is_int(self.max_tokens) and self.min_tokens > self.max_tokens:
             errors.append(f"min_tokens: {self.min_tokens} exceeds max_tokens={self.max_tokens}")
-        if self.seed is not None and (not _is_int(self.seed) or not INT64_MIN <= self.seed <= INT64_MAX):
+        if self.seed is not None and (not is_int(self.seed) or not INT64_MIN <= self.seed <= INT64_MAX):
             errors.append(f"seed: {self.seed!r} must be an int in [-2**63, 2**63 - 1] (or None)")
         if self.logprobs is not None and self.logprobs not in (0, 1):
             errors.append(f"logprobs: {self.logprobs!r} is not supported; use None, 0 or 1 (the chosen token)")
         if not all(isinstance(s, str) and s for s in self._stop_strings):
             errors.append(f"stop: {self.stop!r} must be non-empty strings")
-        bad = [t for t in self.stop_token_ids if not _is_int(t) or not 0 <= t < vocab_size]
+        bad = [t for t in self.stop_token_ids if not is_int(t) or not 0 <= t < vocab_size]
         if bad:
             errors.append(f"stop_token_ids: {bad} are not token ids (ints in the vocabulary [0, {vocab_size}))")
-        if not _is_int(self.priority) or not INT64_MIN <= self.priority <= INT64_MAX:
+        if not is_int(self.priority) or not INT64_MIN <= self.priority <= INT64_MAX:
             errors.append(f"priority: {self.priority!r} must be an int in [-2**63, 2**63 - 1]")
         hint = self.decode_length_hint
-        if hint is not None and (not _is_int(hint) or hint < 1):
+        if hint is not None and (not is_int(hint) or hint < 1):
             errors.append(f"decode_length_hint: {self.decode_length_hint!r} must be an int >= 1")
         return errors

@@ -53,6 +53,7 @@ class _Pending:
     text: Optional[str]  # to tokenize
     add_special_tokens: bool
     ids: Optional[np.ndarray]
+    tokenizer_error: Optional[Exception] = None
 
 
 class _Collector:
@@ -139,16 +140,15 @@ class _Collector:
             self.pending_texts += 1
 
     def _tokenize(self, items: list[_Pending], special: bool) -> None:
+        """Token ids for each item; when the batched call fails, each text alone, so only the bad one fails."""
         try:
             encoded = self.tokenizer([p.text for p in items], add_special_tokens=special)["input_ids"]
-        except Exception:
+        except Exception as err:  # tokenizers raise many types; the failure is one of these texts'
             if len(items) == 1:
-                raise
-            for p in items:  # one text failed the batched call: find it, and let the others through
-                try:
+                items[0].tokenizer_error = err
+            else:
+                for p in items:
                     self._tokenize([p], special)
-                except Exception as err:
-                    p.ids = err  # type: ignore[assignment]
             return
         for p, ids in zip(items, encoded):
             p.ids = np.asarray(ids, dtype=np.int64)
@@ -157,15 +157,13 @@ class _Collector:
         for special in (True, False):
             items = [p for p in self.pending if p.ids is None and p.add_special_tokens == special]
             if items:
-                try:
-                    self._tokenize(items, special)
-                except Exception as err:
-                    items[0].ids = err  # type: ignore[assignment]
+                self._tokenize(items, special)
         for p in self.pending:
             custom_id = p.request.custom_id
-            if isinstance(p.ids, Exception):
+            if p.tokenizer_error is not None:
+                err = p.tokenizer_error
                 self.emit_error(custom_id, RequestError(
-                    "invalid_prompt", f"the tokenizer failed on this prompt: {type(p.ids).__name__}: {p.ids}",
+                    "invalid_prompt", f"the tokenizer failed on this prompt: {type(err).__name__}: {err}",
                     "messages" if p.request.kind == "chat" else "prompt"))
                 continue
             error = prompt_error(p.ids, self.vocab_size, self.max_model_len)

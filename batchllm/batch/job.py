@@ -117,13 +117,14 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
         raise ValueError(problem)
     summary = BatchSummary(output=results.path)
     resume, manifest = _resume_state(results, overwrite, log)
+    tokenizer = llm.get_tokenizer()
     t0 = time.perf_counter()
     with tempfile.TemporaryFile(prefix="batchllm-errors-") as spool:
         def emit_error(custom_id: str, error: RequestError) -> None:
             spool.write(encode_line(error_line(custom_id, error)))
             summary.count_error(custom_id, error)
 
-        collected = collect_requests(input_path, llm.get_tokenizer(), llm.vocab_size, llm.config.max_model_len,
+        collected = collect_requests(input_path, tokenizer, llm.vocab_size, llm.config.max_model_len,
                                      resume, manifest, options.collect_options(), emit_error)
         _check_belongs_here(results.path, resume, collected, options, log)
         # Decided: from here on the output changes.
@@ -153,7 +154,6 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
     summary.seconds["analyze"] = round(time.perf_counter() - t1, 3)
     log(format_plan_line(summary))
     t2 = time.perf_counter()
-    tokenizer = llm.get_tokenizer()
     for i, output in _run(llm, requests, analysis, options, summary):
         custom_id = requests.custom_ids[i]
         try:

@@ -24,7 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-from batchllm.sampling_params import SamplingParams
+from batchllm.sampling_params import SamplingParams, is_int, is_number
 
 CHAT_URL = "/v1/chat/completions"
 COMPLETIONS_URL = "/v1/completions"
@@ -100,14 +100,6 @@ def internal_error(step: str, err: BaseException) -> RequestError:
     return RequestError("internal_error", f"{step} failed: {type(err).__name__}: {err}", None, 500)
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def derived_seed(job_seed: int, custom_id: str) -> int:
     """A per-request seed from the job seed and the custom_id: sampled results survive reruns and resumes."""
     digest = hashlib.blake2b(f"{job_seed}\0{custom_id}".encode(), digest_size=8).digest()
@@ -150,11 +142,11 @@ def sampling_params_from_body(
         max_tokens = default_max_tokens
     for key, value in (("max_tokens", max_tokens), ("top_k", body.get("top_k")), ("seed", body.get("seed")),
                        ("min_tokens", body.get("min_tokens")), ("n", body.get("n"))):
-        if value is not None and not _is_int(value):
+        if value is not None and not is_int(value):
             raise RequestError("invalid_parameter", f"{key}={_short(value)} must be an integer", key)
     for key in ("temperature", "top_p"):
         value = body.get(key)
-        if value is not None and not _is_number(value):
+        if value is not None and not is_number(value):
             raise RequestError("invalid_parameter", f"{key}={_short(value)} must be a number", key)
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
@@ -162,7 +154,7 @@ def sampling_params_from_body(
     ):
         raise RequestError("invalid_parameter", f"stop={_short(stop)} must be a string or a list of strings", "stop")
     stop_ids = body.get("stop_token_ids")
-    if stop_ids is not None and not (isinstance(stop_ids, list) and all(_is_int(t) for t in stop_ids)):
+    if stop_ids is not None and not (isinstance(stop_ids, list) and all(is_int(t) for t in stop_ids)):
         raise RequestError("invalid_parameter", f"stop_token_ids={_short(stop_ids)} must be a list of integers",
                            "stop_token_ids")
     for key in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
@@ -200,7 +192,7 @@ def _logprobs(value: Any, kind: str) -> Optional[int]:
         if value is True:
             return 1
         raise RequestError("invalid_parameter", f"logprobs={_short(value)} must be true or false for chat", "logprobs")
-    if _is_int(value) and value in (0, 1):
+    if is_int(value) and value in (0, 1):
         return 1
     raise RequestError("unsupported_parameter",
                        f"logprobs={_short(value)}: only the chosen token's logprob is supported (0 or 1)", "logprobs")

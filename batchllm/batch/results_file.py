@@ -64,6 +64,12 @@ def result_line_problem(record: object) -> Optional[str]:
     return None
 
 
+def is_duplicate_notice(record: dict) -> bool:
+    """The error line of a later line that reused a custom_id (the id's own result is another line)."""
+    error = record.get("error")
+    return isinstance(error, dict) and error.get("code") == DUPLICATE_CODE
+
+
 def _scan(f, state: ResumeState) -> int:
     """Read result lines from the binary file ``f`` (at its start) into ``state``; the end of the last good line."""
     pos = good_end = 0
@@ -88,8 +94,7 @@ def _scan(f, state: ResumeState) -> int:
             continue
         state.lines += 1
         custom_id = record["custom_id"]
-        error = record.get("error")
-        if isinstance(error, dict) and error.get("code") == DUPLICATE_CODE:
+        if is_duplicate_notice(record):
             state.duplicate_notices[custom_id] = state.duplicate_notices.get(custom_id, 0) + 1
         else:
             state.done.add(custom_id)
@@ -233,11 +238,10 @@ class ResultsFile:
                 for raw in reader:
                     try:
                         record = json.loads(raw)
-                        cid = record.get("custom_id")
-                        notice = (record.get("error") or {}).get("code") == DUPLICATE_CODE
-                    except (ValueError, AttributeError, RecursionError):
-                        cid, notice = None, False
-                    if cid in custom_ids and not notice:
+                    except (ValueError, RecursionError):
+                        record = None
+                    if isinstance(record, dict) and record.get("custom_id") in custom_ids \
+                            and not is_duplicate_notice(record):
                         dropped += 1
                     else:
                         new.write(raw)

@@ -384,7 +384,7 @@ def test_backend_writes_kv_then_attends(name):
     flat_k[slots] = float("nan")  # the backend must store this iteration's KV before attending
     flat_v[slots] = float("nan")
     backend = get_attention_backend(name)
-    assert backend.name == name and backend.uses_shared_prefix == (name == "triton")
+    assert backend.name == name and backend.supports_shared_prefix == (name == "triton")
     out = backend.forward(b.query, key, value, b.k_cache, b.v_cache, b.meta, b.scale)
     torch.testing.assert_close(out.float(), want, atol=ATOL[torch.bfloat16], rtol=RTOL[torch.bfloat16])
 

@@ -256,3 +256,32 @@ def test_token_id_batches_run_without_a_tokenizer(tmp_path, tiny_models):
     assert results["ids"]["response"]["body"]["usage"]["completion_tokens"] == 3
     assert results["text"]["error"]["code"] == results["chat"]["error"]["code"] == "invalid_request"
     assert "--skip-tokenizer-init" in results["text"]["error"]["message"]
+
+
+def test_a_text_the_tokenizer_rejects_fails_alone(tmp_path, text_model):
+    from batchllm import LLM
+    from batchllm.batch import run_batch_file
+
+    class Picky:
+        """The real tokenizer, except that it raises on any batch holding the word POISON."""
+
+        def __init__(self, real):
+            self._real = real
+
+        def __call__(self, texts, **kwargs):
+            if any("POISON" in t for t in texts):
+                raise RuntimeError("cannot tokenize this")
+            return self._real(texts, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self._real, name)
+
+    llm = LLM(text_model, max_model_len=128)
+    llm.tokenizer = Picky(llm.tokenizer)
+    lines = [_completion(f"t{i}", f"Text {i}" + (" POISON" if i == 2 else ""), max_tokens=2, temperature=0)
+             for i in range(5)]
+    out = str(tmp_path / "out.jsonl")
+    summary = run_batch_file(llm, _write(tmp_path / "in.jsonl", lines), out, progress=False)
+    assert summary.succeeded == 4 and summary.error_codes == {"invalid_prompt": 1}
+    bad = {r["custom_id"]: r for r in read_results(out)}["t2"]
+    assert "cannot tokenize this" in bad["error"]["message"]

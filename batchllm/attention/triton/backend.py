@@ -21,15 +21,9 @@ class TritonBackend:
     supports_cuda_graphs = True
 
     def __init__(self, use_shared_prefix_kernel: bool = True, cascade: bool = False) -> None:
-        self.use_shared_prefix_kernel = use_shared_prefix_kernel
         self.cascade = cascade
         self.supports_shared_prefix = use_shared_prefix_kernel
         self.name = "triton" if use_shared_prefix_kernel else "triton-unfused"
-
-    @property
-    def uses_shared_prefix(self) -> bool:
-        """Former name of `supports_shared_prefix`."""
-        return self.supports_shared_prefix
 
     def forward(
         self,
@@ -42,14 +36,14 @@ class TritonBackend:
         scale: float,
     ) -> torch.Tensor:
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
-        if self.use_shared_prefix_kernel and meta.shared is not None:
+        if self.supports_shared_prefix and meta.shared is not None:
             return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
         return paged_attention_triton(query, k_cache, v_cache, meta, scale)
 
     def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
         # The plain paged kernels are compiled by the runner's profile run (prefill) and CUDA-graph
         # capture (decode); the fused kernel's variants depend on which groups meet in a batch.
-        if self.use_shared_prefix_kernel:
+        if self.supports_shared_prefix:
             precompile_shared_prefix_kernels(num_q_heads, num_kv_heads, head_dim, dtype, device, block_size)
 
     def init_capture_graph(
