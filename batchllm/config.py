@@ -66,12 +66,16 @@ class CacheConfig:
     gpu_memory_utilization: fraction of total GPU memory the engine may use (weights + activations + KV).
     cpu_kv_cache_bytes: KV budget on CPU, where there is no free-memory query worth trusting.
     num_kv_blocks: fixed block count, overriding both (tests use it to force preemption).
+    gpu_memory_is_share: gpu_memory_utilization is this engine's share of a GPU that other engines share
+        (data-parallel replicas with a fraction of a GPU each): the KV budget is the share minus what this
+        process holds. Off, the budget also gives up whatever other processes hold when it is measured.
     """
 
     block_size: int = 16
     gpu_memory_utilization: float = 0.90
     cpu_kv_cache_bytes: int = 1 << 30
     num_kv_blocks: Optional[int] = None
+    gpu_memory_is_share: bool = False
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Optional, Sequence, Union
+import bisect
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
@@ -23,6 +24,8 @@ from batchllm.sampling_params import SamplingParams
 
 PromptType = Union[str, dict]
 Conversation = list[dict]
+# Already validated prompts, (text, token ids) each, and one SamplingParams per prompt.
+EncodedBatch = tuple[Sequence[tuple[Optional[str], list[int]]], Sequence[SamplingParams]]
 
 
 class LLM:
@@ -41,6 +44,7 @@ class LLM:
         gpu_memory_utilization: float = 0.90,
         cpu_kv_cache_bytes: int = 1 << 30,
         num_kv_blocks: Optional[int] = None,
+        gpu_memory_is_share: bool = False,
         max_num_batched_tokens: Optional[int] = None,
         max_num_seqs: Optional[int] = 256,
         enable_chunked_prefill: bool = True,
@@ -57,6 +61,8 @@ class LLM:
         "vllm-like" (FCFS, LRU prefix caching, max_num_seqs cap); scheduler_options override single
         SchedulerConfig fields (prefix_clustering, decode_first, token_batching, prefix_caching,
         multi_level, min_shared_len, memory_threshold, preemption_mode, swap_space_bytes).
+        gpu_memory_is_share: gpu_memory_utilization is this engine's share of a GPU that other engines
+        share (see CacheConfig).
         """
         arch = load_arch_config(model)
         torch_device = resolve_device(device)
@@ -72,7 +78,7 @@ class LLM:
             seed=seed,
             enforce_eager=enforce_eager,
             overlap_scheduling=overlap_scheduling,
-            cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks),
+            cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks, gpu_memory_is_share),
             scheduler=SchedulerConfig.preset(
                 scheduling,
                 max_num_batched_tokens=max_num_batched_tokens,
@@ -232,25 +238,54 @@ class LLM:
         with finish_reason "error" (see `generate`). One call at a time: finish or close() a generator
         before starting another.
         """
+        batches = iter([(encoded, params_list)])
+        for _, index, output in self.run_stream(lambda wait: next(batches, None)):
+            yield index, output
+
+    def run_stream(self, next_batch: Callable[[bool], Optional[EncodedBatch]]) -> Iterator[tuple[int, int, RequestOutput]]:
+        """Run batches as they arrive, keeping the engine full from one to the next; yield (batch number,
+        index in that batch, output) as each request finishes.
+
+        ``next_batch(wait)`` is called whenever every request given so far has been admitted: with
+        wait=False while others still run (return the next batch, or None for "nothing yet"), with
+        wait=True when the engine is idle (block until a batch comes; None ends the stream). Each batch is
+        analysed into prefix groups and ordered on its own, so give whole prefix groups per batch. A data-
+        parallel replica feeds its work units this way: without the feed, each unit would end in a tail of
+        a few long decodes on a nearly empty GPU. Transactional, one call at a time, as ``run_encoded``.
+        """
         if self.engine.has_unfinished():
             # Checked before the try: aborting here would kill the requests of the call still in progress.
             raise RuntimeError(
                 "the engine is still running the requests of an earlier run_encoded generator; exhaust it or "
                 "call its close() before starting another call"
             )
+        batch_starts: list[int] = []  # arrival index of each batch's first request
+        arrivals = 0
         try:
-            requests = []
-            for index, ((text, ids), params) in enumerate(zip(encoded, params_list)):
-                request_id = str(self._next_request)
-                self._next_request += 1
-                requests.append(self.engine.make_request(request_id, text, ids, params, index))
-            self.engine.add_requests(requests)
-            while self.engine.has_unfinished():
+            while True:
+                if self.engine.num_waiting() == 0:
+                    batch = next_batch(not self.engine.has_unfinished())
+                    if batch is not None:
+                        batch_starts.append(arrivals)
+                        self.engine.add_requests(self._make_requests(batch, arrivals))
+                        arrivals += len(batch[0])
+                    elif not self.engine.has_unfinished():
+                        return
                 for request in self.engine.step():
-                    yield request.arrival_index, self.engine.make_output(request)
+                    number = bisect.bisect_right(batch_starts, request.arrival_index) - 1
+                    yield number, request.arrival_index - batch_starts[number], self.engine.make_output(request)
         except BaseException:  # GeneratorExit and KeyboardInterrupt too: the engine must not keep this call's state
             self.engine.abort_all()
             raise
+
+    def _make_requests(self, batch: EncodedBatch, first_arrival: int) -> list:
+        encoded, params_list = batch
+        requests = []
+        for offset, ((text, ids), params) in enumerate(zip(encoded, params_list)):
+            request_id = str(self._next_request)
+            self._next_request += 1
+            requests.append(self.engine.make_request(request_id, text, ids, params, first_arrival + offset))
+        return requests
 
     def chat(
         self,

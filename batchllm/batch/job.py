@@ -17,9 +17,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
-
-import numpy as np
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Union
 
 from batchllm.batch.collect import CHANGED_LINES_POLICIES, CollectOptions, collect_requests
 from batchllm.batch.openai_format import RequestError, error_line, internal_error, success_line
@@ -31,6 +29,7 @@ from batchllm.batch.results_file import (
     encode_line,
     manifest_path,
 )
+from batchllm.batch.executor import LocalExecutor, RequestExecutor
 from batchllm.batch.store import CompactRequests
 from batchllm.batch.summary import BatchSummary, format_plan_line
 
@@ -109,22 +108,25 @@ def _resume_state(results: ResultsFile, overwrite: bool, log: Log) -> tuple[Resu
     return resume, manifest
 
 
-def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: JobOptions, overwrite: bool = False,
-                  log: Log = stderr_log) -> BatchSummary:
-    """Run ``input_path`` through ``llm`` into the locked ``results`` (resumed unless ``overwrite``)."""
+def run_batch_job(engine: Union["LLM", RequestExecutor], input_path: str, results: ResultsFile, options: JobOptions,
+                  overwrite: bool = False, log: Log = stderr_log) -> BatchSummary:
+    """Run ``input_path`` through ``engine`` (an ``LLM``, or an executor such as data-parallel replicas) into
+    the locked ``results`` (resumed unless ``overwrite``)."""
     problem = input_problem(input_path, results.path)
     if problem is not None:
         raise ValueError(problem)
+    executor = engine if hasattr(engine, "execute") else LocalExecutor(engine, options.max_requests_per_pass)
+    facts = executor.facts
     summary = BatchSummary(output=results.path)
     resume, manifest = _resume_state(results, overwrite, log)
-    tokenizer = llm.get_tokenizer()
+    tokenizer = facts.tokenizer
     t0 = time.perf_counter()
     with tempfile.TemporaryFile(prefix="batchllm-errors-") as spool:
         def emit_error(custom_id: str, error: RequestError) -> None:
             spool.write(encode_line(error_line(custom_id, error)))
             summary.count_error(custom_id, error)
 
-        collected = collect_requests(input_path, tokenizer, llm.vocab_size, llm.config.max_model_len,
+        collected = collect_requests(input_path, tokenizer, facts.vocab_size, facts.max_model_len,
                                      resume, manifest, options.collect_options(), emit_error)
         _check_belongs_here(results.path, resume, collected, options, log)
         # Decided: from here on the output changes.
@@ -135,7 +137,7 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
         kept = {} if manifest is None else {cid: h for cid, h in manifest.line_hashes.items()
                                             if cid in resume.done and cid not in collected.line_hashes}
         InputManifest(os.path.abspath(input_path), {**kept, **collected.line_hashes},
-                      llm.config.model).save(manifest_path(results.path))
+                      facts.model).save(manifest_path(results.path))
         if collected.changed:
             results.rewrite_without(set(collected.changed))
         spool.seek(0)
@@ -149,12 +151,15 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
     summary.to_run = len(requests)
     analysis = None
     if len(requests):
-        analysis = analyse(requests, options.block_size, llm.num_kv_blocks)
+        kv_blocks = executor.kv_blocks()  # replicas started elsewhere may still be loading: wait for one
+        summary.seconds["wait_for_engine"] = round(time.perf_counter() - t1, 3)
+        t1 = time.perf_counter()
+        analysis = analyse(requests, options.block_size, kv_blocks)
         summary.set_analysis(analysis)
     summary.seconds["analyze"] = round(time.perf_counter() - t1, 3)
     log(format_plan_line(summary))
     t2 = time.perf_counter()
-    for i, output in _run(llm, requests, analysis, options, summary):
+    for i, output in _with_progress(executor.execute(requests, analysis), len(requests), options, summary):
         custom_id = requests.custom_ids[i]
         try:
             if output.error is not None:
@@ -175,6 +180,7 @@ def run_batch_job(llm: "LLM", input_path: str, results: ResultsFile, options: Jo
         summary.prompt_tokens += len(output.prompt_token_ids)
         summary.completion_tokens += len(completion.token_ids)
     summary.seconds["generate"] = round(time.perf_counter() - t2, 3)
+    executor.report(summary)
     return summary
 
 
@@ -200,41 +206,29 @@ def analyse(requests: CompactRequests, block_size: int, lru_cache_blocks: Option
     return analyze_prefixes(requests.build(), block_size=block_size, lru_cache_blocks=lru_cache_blocks or None)
 
 
-def _passes(requests: CompactRequests, analysis, limit: int) -> list[np.ndarray]:
-    n = len(requests)
-    if n == 0:
-        return []
-    if limit <= 0 or limit >= n:
-        return [np.arange(n)]
-    # Members of a prefix group next to each other, so a group is split over passes at most once.
-    order = np.argsort(np.asarray(analysis.request_group), kind="stable")
-    return [order[i: i + limit] for i in range(0, n, limit)]
-
-
-def _run(llm: "LLM", requests: CompactRequests, analysis, options: JobOptions, summary: BatchSummary) -> Iterator:
+def _with_progress(outputs: Iterator, total: int, options: JobOptions, summary: BatchSummary) -> Iterator:
+    """One progress bar over the outputs, whichever executor makes them."""
     from tqdm.auto import tqdm
 
-    tokens, offsets = requests.tokens, requests.offsets
-    bar = tqdm(total=len(requests), unit="req", desc="requests", disable=not options.progress or not len(requests),
+    bar = tqdm(total=total, unit="req", desc="requests", disable=not options.progress or not total,
                dynamic_ncols=True, smoothing=0.1)
     start = time.perf_counter()
     last_postfix = 0.0
     try:
-        for window in _passes(requests, analysis, options.max_requests_per_pass):
-            encoded = [(None, tokens[offsets[i]: offsets[i + 1]].tolist()) for i in window]
-            params_list = [requests.params(int(i)) for i in window]
-            for j, output in llm.run_encoded(encoded, params_list):
-                yield int(window[j]), output
-                bar.update(1)
-                now = time.perf_counter()
-                if now - last_postfix >= 0.5:
-                    last_postfix = now
-                    elapsed = max(now - start, 1e-9)
-                    bar.set_postfix_str(f"{summary.completion_tokens / elapsed:,.0f} out tok/s, "
-                                        f"{(summary.prompt_tokens + summary.completion_tokens) / elapsed:,.0f} tok/s, "
-                                        f"{summary.errors} errors", refresh=False)
-            del encoded, params_list
+        for item in outputs:
+            yield item
+            bar.update(1)
+            now = time.perf_counter()
+            if now - last_postfix >= 0.5:
+                last_postfix = now
+                elapsed = max(now - start, 1e-9)
+                bar.set_postfix_str(f"{summary.completion_tokens / elapsed:,.0f} out tok/s, "
+                                    f"{(summary.prompt_tokens + summary.completion_tokens) / elapsed:,.0f} tok/s, "
+                                    f"{summary.errors} errors", refresh=False)
     finally:
+        close = getattr(outputs, "close", None)
+        if close is not None:
+            close()
         bar.close()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from array import array
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -71,3 +72,47 @@ class CompactRequests(TokenArraysBuilder):
 
     def kind(self, i: int) -> str:
         return "chat" if self.kinds[i] else "completion"
+
+    def select(self, ids: np.ndarray, offsets: Optional[np.ndarray] = None) -> "RequestSlice":
+        """Requests ``ids`` as arrays (what a data-parallel replica is sent); ``offsets``: this store's
+        offsets when the caller already has them (computing them walks every request)."""
+        ids = np.asarray(ids, dtype=np.int64)
+        offsets = self.offsets if offsets is None else offsets
+        starts, lengths = offsets[ids], offsets[ids + 1] - offsets[ids]
+        local = np.zeros(len(ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=local[1:])
+        gather = np.repeat(starts - local[:-1], lengths) + np.arange(local[-1], dtype=np.int64)
+        param_index = np.frombuffer(self.param_index, dtype=np.int32)[ids]
+        used = np.unique(param_index)
+        return RequestSlice(
+            tokens=self.tokens[gather],
+            offsets=local,
+            param_table=tuple(self._params[int(k)] for k in used),
+            param_index=np.searchsorted(used, param_index).astype(np.int32),
+            seeds=np.frombuffer(self.seeds, dtype=np.int64)[ids],
+        )
+
+
+@dataclass(frozen=True)
+class RequestSlice:
+    """Some requests of a store as flat arrays: prompts tokens[offsets[j]:offsets[j + 1]], params
+    param_table[param_index[j]] with seed seeds[j] when seeds[j] >= 0 (a seed derived for that request)."""
+
+    tokens: np.ndarray  # int32
+    offsets: np.ndarray  # int64, len + 1
+    param_table: tuple[SamplingParams, ...]
+    param_index: np.ndarray  # int32
+    seeds: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def encoded(self) -> list[tuple[None, list[int]]]:
+        """(text, token ids) per request, as ``LLM.run_encoded`` takes them."""
+        tokens, bounds = self.tokens, self.offsets.tolist()
+        return [(None, tokens[bounds[j]: bounds[j + 1]].tolist()) for j in range(len(self))]
+
+    def params_list(self) -> list[SamplingParams]:
+        table = self.param_table
+        return [table[k] if seed < 0 else dataclasses.replace(table[k], seed=seed)
+                for k, seed in zip(self.param_index.tolist(), self.seeds.tolist())]

@@ -30,6 +30,7 @@ class BatchSummary:
     prefix_groups: Optional[int] = None
     seconds: dict = field(default_factory=dict)
     output: Optional[str] = None
+    data_parallel: Optional[dict] = None  # replicas, failures, units, round-robin reuse (DataParallelExecutor)
 
     def count_error(self, custom_id: str, error: RequestError) -> None:
         self.errors += 1
@@ -82,14 +83,34 @@ def format_summary(s: BatchSummary) -> str:
         f"  tokens            {s.prompt_tokens:,} prompt, {s.completion_tokens:,} generated",
         f"  prefix sharing    reuse ratio {_pct(s.reuse_ratio)} ({'-' if s.prefill_tokens is None else f'{s.prefill_tokens:,}'}"
         f" tokens to prefill); LRU cache in file order would reuse {_pct(s.lru_reuse_ratio)}",
-        f"  time              {secs.get('load_model', 0):.1f} s load, {secs.get('read_and_tokenize', 0):.1f} s read+tokenize, "
+        f"  time              {secs.get('load_model', secs.get('wait_for_engine', 0)):.1f} s load"
+        f"{' (replicas, beyond the reading)' if 'wait_for_engine' in secs and 'load_model' not in secs else ''}, "
+        f"{secs.get('read_and_tokenize', 0):.1f} s read+tokenize, "
         f"{secs.get('analyze', 0):.1f} s analyse, {secs.get('generate', 0):.1f} s generate",
     ]
     if d["requests_per_s"] is not None:
         lines.append(f"  throughput        {d['requests_per_s']:,.2f} req/s, {d['output_tokens_per_s']:,.1f} generated tok/s, "
                      f"{d['total_tokens_per_s']:,.1f} total tok/s")
+    if s.data_parallel is not None:
+        lines += format_data_parallel(s.data_parallel, s.reuse_ratio)
     if s.error_codes:
         lines.append("  errors            " + ", ".join(f"{k}: {v}" for k, v in sorted(s.error_codes.items())))
         lines += [f"    {e}" for e in s.first_errors]
     lines.append(f"  output            {s.output}")
     return "\n".join(lines)
+
+
+def format_data_parallel(dp: dict, reuse_ratio: Optional[float]) -> list[str]:
+    replicas = dp["replicas"]
+    lines = [f"  data parallel     {len(replicas)} replicas, {dp['units']} work units ({dp['split_groups']} prefix "
+             f"groups split, {dp['extra_prefix_tokens']:,} prefix tokens computed twice); {dp['failed_replicas']} "
+             f"replica failures, {dp['rerun_units']} units rerun"]
+    if "round_robin_reuse_ratio" in dp:
+        lines.append(f"  reuse kept whole  {_pct(reuse_ratio)} with whole prefix groups per replica; rows spread "
+                     f"round-robin over {len(replicas)} replicas would reuse {_pct(dp['round_robin_reuse_ratio'])}")
+    for r in replicas:
+        rate = "-" if r["generated_tokens_per_s"] is None else f"{r['generated_tokens_per_s']:,.1f} generated tok/s"
+        restarts = f", {r['restarts']} restarts" if r["restarts"] else ""
+        lines.append(f"    replica {r['replica']}: {r['requests']:,} requests, {r['generated_tokens']:,} generated "
+                     f"tokens, busy {r['busy_seconds']:.1f} s, {rate}{restarts}")
+    return lines

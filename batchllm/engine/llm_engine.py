@@ -113,6 +113,10 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished() or self._in_flight is not None
 
+    def num_waiting(self) -> int:
+        """Requests given but not admitted yet (waiting or parked by the scheduler)."""
+        return self.scheduler.num_waiting
+
     def step(self) -> list[Request]:
         """One iteration; returns the requests that finished in it.
 

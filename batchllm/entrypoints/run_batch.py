@@ -52,6 +52,17 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="give the engine at most this many requests at a time (default 0: all at once)")
     p.add_argument("--summary-json", default=None, help="also write the final summary to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    d = p.add_argument_group("data parallelism (Ray)")
+    d.add_argument("--data-parallel", type=int, default=1, metavar="N",
+                   help="N engine replicas as Ray actors, one GPU each by default; work units of whole prefix "
+                        "groups go to whichever asks first, largest first (default 1: one engine, no Ray)")
+    d.add_argument("--gpus-per-replica", type=float, default=None, metavar="F",
+                   help="GPUs per replica: a fraction puts several on one GPU (each gets that share of its "
+                        "memory), 0 runs them on CPU (default: 1 if the cluster has GPUs, else 0)")
+    d.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster ('auto' as in Ray); default: start a local Ray for the job")
+    d.add_argument("--max-replica-restarts", type=int, default=3,
+                   help="new actors a replica may get after it dies (default 3); its unfinished work reruns")
     e = p.add_argument_group("engine options")
     e.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), float32, bfloat16, float16")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
@@ -92,6 +103,12 @@ def scheduler_overrides(args: argparse.Namespace) -> dict:
 def _argument_problem(args: argparse.Namespace) -> Optional[str]:
     if args.max_requests_per_pass < 0:
         return "--max-requests-per-pass must be >= 0"
+    if args.data_parallel < 1:
+        return f"--data-parallel {args.data_parallel}: give the number of replicas, 1 or more"
+    if args.gpus_per_replica is not None and args.gpus_per_replica < 0:
+        return f"--gpus-per-replica {args.gpus_per_replica}: must be >= 0 (0 runs the replicas on CPU)"
+    if args.max_replica_restarts < 0:
+        return "--max-replica-restarts must be >= 0"
     if args.default_max_tokens is not None and args.default_max_tokens < 1:
         return "--default-max-tokens must be >= 1"
     if not INT64[0] <= args.seed <= INT64[1]:
@@ -181,20 +198,56 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signal.SIGTERM, previous)
 
 
+def llm_kwargs(args, model: str, max_model_len: Optional[int]) -> dict:
+    """The ``LLM`` arguments the command line gives (one engine, or each data-parallel replica)."""
+    return dict(model=model, dtype=args.dtype, device=args.device, max_model_len=max_model_len, seed=args.seed,
+                block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
+                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                skip_tokenizer_init=args.skip_tokenizer_init, scheduling=args.scheduling,
+                **scheduler_overrides(args))
+
+
+def uses_ray(args) -> bool:
+    return args.data_parallel > 1 or args.ray_address is not None
+
+
+def data_parallel_options(args):
+    from batchllm.distributed.options import DataParallelOptions
+
+    return DataParallelOptions(num_replicas=args.data_parallel, gpus_per_replica=args.gpus_per_replica,
+                               ray_address=args.ray_address, max_restarts=args.max_replica_restarts)
+
+
 def _load_and_run(args, model: str, max_model_len: Optional[int], options: JobOptions, results: ResultsFile, log):
-    """Load the model, run the job; None (after saying why) when the model cannot be loaded."""
+    """Load the model (or start the replicas), run the job; None (after saying why) when it cannot start."""
     import time
 
+    t0 = time.perf_counter()
+    kwargs = llm_kwargs(args, model, max_model_len)
+    if uses_ray(args):
+        from batchllm.batch.executor import ModelFacts
+        from batchllm.distributed import DataParallelExecutor
+
+        log(f"starting {args.data_parallel} replicas of {model} on Ray ...")
+        try:
+            dp_options = data_parallel_options(args)
+            facts = ModelFacts.load(model, None, max_model_len, args.skip_tokenizer_init, args.block_size)
+            executor = DataParallelExecutor(facts, kwargs, dp_options, log=log)
+            start_seconds = time.perf_counter() - t0
+        except (ValueError, OSError, ImportError) as err:
+            log(f"error: cannot start the replicas: {err}")
+            return None
+        if args.trace:
+            log("warning: --trace records one engine; it is not written with --data-parallel")
+        with executor:
+            summary = run_batch_job(executor, args.input, results, options, overwrite=args.overwrite, log=log)
+        summary.seconds["start_ray"] = round(start_seconds, 3)  # the replicas load while the input is read
+        return summary
     from batchllm import LLM
 
-    t0 = time.perf_counter()
     log(f"loading {model} ...")
     try:
-        llm = LLM(model, dtype=args.dtype, device=args.device, max_model_len=max_model_len, seed=args.seed,
-                  block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
-                  max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-                  skip_tokenizer_init=args.skip_tokenizer_init, scheduling=args.scheduling,
-                  **scheduler_overrides(args))
+        llm = LLM(**kwargs)
     except (ValueError, OSError) as err:
         log(f"error: cannot load the model: {err}")
         return None

@@ -26,12 +26,13 @@ def num_blocks_for_budget(budget_bytes: int, arch: KVShape, cache: CacheConfig, 
     return max(0, budget_bytes // kv_bytes_per_block(arch, cache.block_size, dtype))
 
 
-def gpu_kv_budget_bytes(device: torch.device, utilization: float) -> int:
-    """What is left for KV of `utilization` x total memory, after weights and the profiled activation peak."""
+def gpu_kv_budget_bytes(device: torch.device, utilization: float, is_share: bool = False) -> int:
+    """What is left for KV of `utilization` x total memory, after weights and the profiled activation peak
+    (and, unless `utilization` is this process's share of a shared GPU, what other processes hold)."""
     free, total = torch.cuda.mem_get_info(device)
     used_by_us = torch.cuda.max_memory_allocated(device)
-    used_by_others = total - free - torch.cuda.memory_reserved(device)
-    return int(total * utilization) - used_by_us - max(0, used_by_others)
+    used_by_others = 0 if is_share else max(0, total - free - torch.cuda.memory_reserved(device))
+    return int(total * utilization) - used_by_us - used_by_others
 
 
 def allocate_kv_cache(

@@ -117,7 +117,7 @@ class ModelRunner:
             num_blocks = cache.num_kv_blocks
         elif self.device.type == "cuda":
             self._profile_peak_activation()
-            budget = gpu_kv_budget_bytes(self.device, cache.gpu_memory_utilization)
+            budget = gpu_kv_budget_bytes(self.device, cache.gpu_memory_utilization, cache.gpu_memory_is_share)
             num_blocks = num_blocks_for_budget(budget, self.arch, cache, self.config.dtype)
         else:
             num_blocks = num_blocks_for_budget(cache.cpu_kv_cache_bytes, self.arch, cache, self.config.dtype)
