@@ -114,3 +114,21 @@ def format_data_parallel(dp: dict, reuse_ratio: Optional[float]) -> list[str]:
         lines.append(f"    replica {r['replica']}: {r['requests']:,} requests, {r['generated_tokens']:,} generated "
                      f"tokens, busy {r['busy_seconds']:.1f} s, {rate}{restarts}")
     return lines
+
+
+def format_work_plan(plan, prompt_tokens: int, prefill_tokens: int, round_robin_prefill: int) -> str:
+    """The data-parallel plan of a dry run: units and estimated cost per replica, reuse whole vs round-robin.
+
+    plan: a ``batch.work_units.WorkPlan``; costs are in prefill-token equivalents."""
+    n = plan.num_replicas
+    whole = 1 - (prefill_tokens + plan.extra_prefix_tokens) / max(prompt_tokens, 1)
+    lines = [f"data-parallel plan ({n} replicas): {plan.num_units:,} work units of whole prefix groups, "
+             f"{len(plan.split_groups):,} groups split ({plan.extra_prefix_tokens:,} prefix tokens computed twice); "
+             f"estimated imbalance {plan.imbalance:.3f} (makespan / mean replica cost)"]
+    for r, (cost, units) in enumerate(zip(plan.replica_costs, plan.replica_units)):
+        requests = sum(plan.units[u].num_requests for u in units)
+        lines.append(f"  replica {r}: {len(units):,} units, {requests:,} requests, estimated cost {cost:,.0f} "
+                     f"({cost / max(plan.total_cost, 1e-9):.1%})")
+    lines.append(f"  token reuse: {_pct(whole)} with whole groups per replica; rows spread round-robin over {n} "
+                 f"replicas: {_pct(1 - round_robin_prefill / max(prompt_tokens, 1))}")
+    return "\n".join(lines)

@@ -1,9 +1,8 @@
 """Data parallelism: cut a batch into work units of whole prefix groups for N engine replicas.
 
-The driver hands the units to the replicas largest first, each to the replica that asks for more work first
-(greedy list scheduling, LPT). A unit keeps prefix groups whole, so every shared prefix is computed by one
-replica only; the plan has to make the units few enough for that, and small enough that the last ones even
-out the replicas' finishing times.
+The driver hands the units out largest first, each to the replica that asks for more work first (greedy list
+scheduling, LPT). Whole groups mean every shared prefix is computed by one replica only; enough small units
+even out the replicas' finishing times.
 
 How the planner decides
 -----------------------
@@ -29,9 +28,8 @@ that uses that prefix (a member of the group or of a descendant group).
    when within tolerance, when nothing can be split, or after ``max_splits`` splits (a guard against
    pathological inputs; default 8 x N x units_per_replica). With one replica nothing is ever split.
 
-Unit ids are dense, 0..U-1 in dispatch order. Groups are expected in pre-order (a group's descendants
-follow it, as ``analyze_prefixes`` makes them): then sorting by group id keeps every subtree contiguous and
-a cut duplicates as few prefixes as possible; any order gives a correct plan.
+Unit ids are dense, 0..U-1 in dispatch order. With groups in pre-order (as ``analyze_prefixes`` makes them)
+sorting by group id keeps every subtree contiguous, so a cut duplicates few prefixes; any order is correct.
 """
 
 from __future__ import annotations
@@ -46,6 +44,7 @@ import numpy as np
 from batchllm.prefix import PrefixAnalysis, TokenArrays, analyze_prefixes
 
 Ints = Union[Sequence[int], np.ndarray]
+Dispatch = tuple[float, tuple[float, ...], tuple[tuple[int, ...], ...]]  # makespan, replica costs and units
 
 # On one H200 with llama-3.1-8b bf16 our engine decodes ~12k tok/s at batch 256 (256 x 2000 tokens in 43 s)
 # and prefills ~30k tok/s, so a decode token costs ~2.5 prefill tokens. Only the order and balance of the
@@ -121,9 +120,7 @@ class WorkPlan:
         return {**{k: getattr(self, k) for k in keys}, "split_groups": len(self.split_groups)}
 
 
-def simulate_dispatch(
-    unit_costs: Sequence[float], num_replicas: int
-) -> tuple[float, tuple[float, ...], tuple[tuple[int, ...], ...]]:
+def simulate_dispatch(unit_costs: Sequence[float], num_replicas: int) -> Dispatch:
     """Units in the given order, each to the replica that becomes free first (ties: lowest replica index).
 
     Returns (makespan, replica_costs, replica_units) with unit indices into ``unit_costs``.
@@ -149,9 +146,8 @@ def expected_costs(
 
     group_parent: parent group id, -1 for none. A group with shared length 0 is ungrouped (prefix cost 0).
     """
-    lens, budgets, group, shared, parent, _ = _checked(prompt_lens, output_budgets, request_group,
-                                                       group_shared_len, group_parent)
-    return _costs(lens, budgets, group, shared, parent, decode_token_cost)
+    *arrays, _root = _checked(prompt_lens, output_budgets, request_group, group_shared_len, group_parent)
+    return _costs(*arrays, decode_token_cost)
 
 
 def plan_work_units(
@@ -168,10 +164,9 @@ def plan_work_units(
     request_group: each request's (deepest) group id. group_shared_len: each group's full shared prefix
     (0 marks the ungrouped group: its members are independent singletons). group_parent: -1 for none.
     """
-    if num_replicas < 1 or units_per_replica < 1:
-        raise ValueError(f"num_replicas={num_replicas} and units_per_replica={units_per_replica} must be >= 1")
-    if not tolerance >= 0:
-        raise ValueError(f"tolerance={tolerance} must be >= 0")
+    if num_replicas < 1 or units_per_replica < 1 or not tolerance >= 0:
+        raise ValueError(f"need num_replicas={num_replicas} >= 1, units_per_replica={units_per_replica} >= 1 "
+                         f"and tolerance={tolerance} >= 0")
     lens, budgets, group, shared, parent, root = _checked(prompt_lens, output_budgets, request_group,
                                                           group_shared_len, group_parent)
     own, prefix_cost = _costs(lens, budgets, group, shared, parent, decode_token_cost)
@@ -183,12 +178,11 @@ def plan_work_units(
     item_key = np.where(deep >= 0, root[np.maximum(deep, 0)], num_groups + np.arange(n, dtype=np.int64))
     keys, item_first, item_of = np.unique(item_key, return_index=True, return_inverse=True)
     num_items = len(keys)
-    touched = np.unique(chain_group)
+    touched = np.flatnonzero(np.bincount(chain_group, minlength=num_groups))  # groups some request uses
     item_of_root = np.full(num_groups, -1, dtype=np.int64)
     item_of_root[keys[keys < num_groups]] = np.flatnonzero(keys < num_groups)
-    item_cost = np.bincount(item_of, own, minlength=num_items) + np.bincount(
-        item_of_root[root[touched]], prefix_cost[touched], minlength=num_items
-    )
+    item_prefix = np.bincount(item_of_root[root[touched]], prefix_cost[touched], minlength=num_items)
+    item_cost = np.bincount(item_of, own, minlength=num_items) + item_prefix
     unsplit = math.fsum(item_cost.tolist())
     target = unsplit / (num_replicas * units_per_replica)
 
@@ -201,17 +195,17 @@ def plan_work_units(
     unit_root = np.where((items_in_unit == 1) & (keys[sole_item] < num_groups), keys[sole_item], -1)
     unit_cost = np.bincount(unit_of_item, item_cost, minlength=num_units)
     unit_of_req = unit_of_item[item_of]
-    parts = [
-        _Part(reqs, float(c), int(r), None, None)
-        for reqs, c, r in zip(_by_unit(unit_of_req, num_units), unit_cost.tolist(), unit_root.tolist())
-    ]
+    parts = [_Part(reqs, float(c), int(r), None, None)
+             for reqs, c, r in zip(_by_unit(unit_of_req, num_units), unit_cost.tolist(), unit_root.tolist())]
 
     # Rule 3: balance.
-    atom = float((own + np.where(deep >= 0, shared[np.maximum(deep, 0)], 0)).max()) if n else 0.0
+    atom = float((own + shared[group]).max()) if n else 0.0  # a request with all its groups' prefixes
     limit = 8 * num_replicas * units_per_replica if max_splits is None else max_splits
     splits = 0
-    while num_replicas > 1:
-        parts.sort(key=_dispatch_key)
+    while True:
+        parts.sort(key=lambda p: (-p.cost, int(p.requests[0])))  # dispatch order; a unit is never empty
+        if num_replicas == 1:
+            break
         costs = [p.cost for p in parts]
         makespan = simulate_dispatch(costs, num_replicas)[0]
         if makespan <= (1 + tolerance) * max(math.fsum(costs) / num_replicas, atom) or splits >= limit:
@@ -221,7 +215,7 @@ def plan_work_units(
             break
         parts[i : i + 1] = _split(parts[i], deep, parent, own, prefix_cost)
         splits += 1
-    return _assemble(parts, n, num_groups, num_replicas, own, prefix_cost, chain_req, chain_group, unsplit, target)
+    return _assemble(parts, n, num_groups, num_replicas, prefix_cost, chain_req, chain_group, unsplit, target)
 
 
 def plan_from_analysis(
@@ -231,8 +225,7 @@ def plan_from_analysis(
     shared = np.array([g.shared_prefix_len for g in analysis.groups], dtype=np.int64)
     parent = np.array([-1 if g.parent_group_id is None else g.parent_group_id for g in analysis.groups],
                       dtype=np.int64)
-    return plan_work_units(prompt_lens, output_budgets, analysis.request_group, shared, parent, num_replicas,
-                           **kw)
+    return plan_work_units(prompt_lens, output_budgets, analysis.request_group, shared, parent, num_replicas, **kw)
 
 
 def round_robin_prefill_tokens(
@@ -247,12 +240,10 @@ def round_robin_prefill_tokens(
     total = 0
     for r in range(min(num_replicas, prompts.num_prompts)):
         rows = np.arange(r, prompts.num_prompts, num_replicas)
-        slice_offsets = np.zeros(len(rows) + 1, dtype=np.int64)
-        np.cumsum(lengths[rows], out=slice_offsets[1:])
+        slice_offsets = np.r_[0, np.cumsum(lengths[rows])].astype(np.int64)
         # Token j of the slice comes from its row's start plus j's distance from the row's slice start.
         shift = np.repeat(prompts.offsets[rows] - slice_offsets[:-1], lengths[rows])
-        gather = shift + np.arange(slice_offsets[-1], dtype=np.int64)
-        sliced = (prompts.tokens[gather], slice_offsets)
+        sliced = (prompts.tokens[shift + np.arange(slice_offsets[-1], dtype=np.int64)], slice_offsets)
         total += analyze_prefixes(sliced, block_size=block_size, **analysis_kw).stats.prefill_tokens
     return int(total)
 
@@ -272,10 +263,6 @@ class _Part(NamedTuple):
     seq_key: Optional[tuple[int, int]]
 
 
-def _dispatch_key(part: _Part) -> tuple[float, int]:
-    return (-part.cost, int(part.requests[0]) if len(part.requests) else -1)
-
-
 def _checked(*arrays: Ints) -> tuple[np.ndarray, ...]:
     """(lens, budgets, group, shared, parent, root) as int64 arrays, or ValueError saying what is wrong."""
     lens, budgets, group, shared, parent = (np.asarray(a, dtype=np.int64).reshape(-1) for a in arrays)
@@ -283,12 +270,10 @@ def _checked(*arrays: Ints) -> tuple[np.ndarray, ...]:
         raise ValueError("prompt_lens, output_budgets and request_group must have one entry per request")
     if len(shared) != len(parent):
         raise ValueError("group_shared_len and group_parent must have one entry per group")
-    if len(group) and (group.min() < 0 or group.max() >= len(shared)):
-        raise ValueError("request_group ids must index the groups")
+    if ((group < 0) | (group >= len(shared))).any() or ((parent < -1) | (parent >= len(shared))).any():
+        raise ValueError("request_group and group_parent must be group ids (group_parent -1 for none)")
     if (lens < 0).any() or (budgets < 0).any() or (shared < 0).any():
         raise ValueError("lengths and budgets must be >= 0")
-    if len(parent) and (parent.min() < -1 or parent.max() >= len(shared)):
-        raise ValueError("group_parent ids must index the groups (-1 for none)")
     has_parent = parent >= 0
     if (shared[parent[has_parent]] <= 0).any() or (shared[has_parent] < shared[parent[has_parent]]).any():
         raise ValueError("a parent group must be a sharing group whose prefix its children extend")
@@ -324,8 +309,7 @@ def _chains(deep: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarra
     out_pos, out_group = [pos], [cur]
     while len(pos):
         cur = parent[cur]
-        keep = cur >= 0
-        pos, cur = pos[keep], cur[keep]
+        pos, cur = pos[cur >= 0], cur[cur >= 0]
         out_pos.append(pos)
         out_group.append(cur)
     return np.concatenate(out_pos), np.concatenate(out_group)
@@ -359,9 +343,7 @@ def _by_unit(unit_of_req: np.ndarray, num_units: int) -> list[np.ndarray]:
 
 def _split(part: _Part, deep, parent, own, prefix_cost) -> list[_Part]:
     """Cut a unit of one item into two parts where the larger part is cheapest."""
-    seq = part.seq
-    if seq is None:
-        seq = part.requests[np.lexsort((part.requests, deep[part.requests]))]
+    seq = part.requests[np.lexsort((part.requests, deep[part.requests]))] if part.seq is None else part.seq
     m = len(seq)
     deep_seq = deep[seq]
     pos, grp = _chains(deep_seq, parent)
@@ -384,47 +366,33 @@ def _split(part: _Part, deep, parent, own, prefix_cost) -> list[_Part]:
     ]
 
 
-def _assemble(parts, n, num_groups, num_replicas, own, prefix_cost, chain_req, chain_group, unsplit,
-              target) -> WorkPlan:
-    """Final costs and group lists recomputed from the unit of every request; ids in dispatch order."""
-    num_units = len(parts)
+def _assemble(parts, n, num_groups, num_replicas, prefix_cost, chain_req, chain_group, unsplit, target) -> WorkPlan:
+    """The plan of ``parts`` (already in dispatch order, so unit id = position): group lists, split parts."""
     unit_of_req = np.empty(n, dtype=np.int64)
     for u, part in enumerate(parts):
         unit_of_req[part.requests] = u
-    pairs = np.unique(unit_of_req[chain_req] * max(num_groups, 1) + chain_group)
-    pair_unit, pair_group = np.divmod(pairs, max(num_groups, 1))
-    cost = np.bincount(unit_of_req, own, minlength=num_units) + np.bincount(
-        pair_unit, prefix_cost[pair_group], minlength=num_units
-    )
-    first_req = np.array([p.requests[0] for p in parts], dtype=np.int64)
-    order = np.lexsort((first_req, -cost))  # dispatch order: cost descending, ties by smallest request id
-    new_id = np.empty(num_units, dtype=np.int64)
-    new_id[order] = np.arange(num_units)
-    unit_of_req = new_id[unit_of_req]
-    pair_unit = new_id[pair_unit]
-    by_pair = np.lexsort((pair_group, pair_unit))
-    pair_unit, pair_group = pair_unit[by_pair], pair_group[by_pair]
-    pair_bounds = np.searchsorted(pair_unit, np.arange(num_units + 1)).tolist()
-    pair_group_list = pair_group.tolist()
-
+        part.requests.flags.writeable = False
+    width = max(num_groups, 1)
+    pairs = np.sort(unit_of_req[chain_req] * width + chain_group)
+    pair_unit, pair_group = np.divmod(pairs[np.diff(pairs, prepend=-1) != 0], width)  # distinct (unit, group)
+    pair_bounds = np.searchsorted(pair_unit, np.arange(len(parts) + 1)).tolist()
+    pair_groups = pair_group.tolist()
     by_root: dict[int, list[tuple[tuple[int, int], int]]] = {}
     for u, part in enumerate(parts):
         if part.seq_key is not None:  # a part of a split item
-            by_root.setdefault(part.root, []).append((part.seq_key, int(new_id[u])))
+            by_root.setdefault(part.root, []).append((part.seq_key, u))
     split_groups = {r: len(members) for r, members in sorted(by_root.items())}
-    split_part = {uid: (k, len(m)) for m in by_root.values() for k, (_, uid) in enumerate(sorted(m))}
-
-    costs = cost[order].tolist()
-    requests = _by_unit(unit_of_req, num_units)
+    split_part = {u: (k, len(m)) for m in by_root.values() for k, (_, u) in enumerate(sorted(m))}
     units = tuple(
-        WorkUnit(u, requests[u], costs[u], tuple(pair_group_list[pair_bounds[u] : pair_bounds[u + 1]]),
-                 split_part.get(u))
-        for u in range(num_units)
+        WorkUnit(u, p.requests, p.cost, tuple(pair_groups[pair_bounds[u] : pair_bounds[u + 1]]), split_part.get(u))
+        for u, p in enumerate(parts)
     )
+    costs = [p.cost for p in parts]
     makespan, replica_costs, replica_units = simulate_dispatch(costs, num_replicas)
     total = math.fsum(costs)
     prefix_tokens = prefix_cost.astype(np.int64)  # exact: differences of integer lengths
-    extra = int(prefix_tokens[pair_group].sum() - prefix_tokens[np.unique(pair_group)].sum())
+    used = np.flatnonzero(np.bincount(pair_group, minlength=num_groups))
+    extra = int(prefix_tokens[pair_group].sum() - prefix_tokens[used].sum())
     return WorkPlan(units, num_replicas, split_groups, total_cost=total, unsplit_cost=unsplit,
                     target_unit_cost=target, replica_costs=replica_costs, replica_units=replica_units,
                     makespan=makespan, lower_bound=max(total / num_replicas, max(costs, default=0.0)),

@@ -54,7 +54,22 @@ def dry_run(args: argparse.Namespace, model: str, max_model_len: Optional[int], 
         print(f"  warning: {len(collected.changed):,} finished lines changed in the input since their results were "
               f"written (--changed-lines {options.changed_lines})")
     print(format_memory_plan(plan))
+    if args.data_parallel > 1 and analysis is not None:
+        print(_work_plan(requests, analysis, args.data_parallel, args.block_size))
     return 0
+
+
+def _work_plan(requests, analysis, num_replicas: int, block_size: int) -> str:
+    import numpy as np
+
+    from batchllm.batch.summary import format_work_plan
+    from batchllm.batch.work_units import plan_from_analysis, round_robin_prefill_tokens
+
+    offsets = requests.offsets
+    budgets = np.frombuffer(requests.output_budget, dtype=np.int64)
+    plan = plan_from_analysis(analysis, np.diff(offsets), budgets, num_replicas)
+    round_robin = round_robin_prefill_tokens(requests.tokens, offsets, num_replicas, block_size)
+    return format_work_plan(plan, analysis.stats.prompt_tokens, analysis.stats.prefill_tokens, round_robin)
 
 
 def _empty_stats(block_size: int) -> dict:
