@@ -29,7 +29,7 @@ from batchllm.batch.results_file import (
     encode_line,
     manifest_path,
 )
-from batchllm.batch.executor import LocalExecutor, ModelFacts, RequestExecutor
+from batchllm.batch.executor import LocalExecutor, RequestExecutor
 from batchllm.batch.store import CompactRequests
 from batchllm.batch.summary import BatchSummary, format_plan_line
 
@@ -238,38 +238,25 @@ def model_name(model: str) -> str:
     return name[:-5] if name.endswith(".gguf") else name
 
 
-def run_batch_file(llm: Union["LLM", str], input_path: str, output_path: str, overwrite: bool = False,
-                   log: Log = stderr_log, *, data_parallel: Optional[int] = None, gpus_per_replica: Optional[float] = None,
-                   ray_address: Optional[str] = None, llm_kwargs: Optional[dict] = None, **options) -> BatchSummary:
-    """Python API: run ``input_path`` through ``llm``, appending to (resuming) ``output_path``.
+def run_batch_file(engine: Union["LLM", RequestExecutor, str], input_path: str, output_path: str,
+                   overwrite: bool = False, log: Log = stderr_log, *, llm_kwargs: Optional[dict] = None,
+                   **options) -> BatchSummary:
+    """Python API: run ``input_path`` through ``engine``, appending to (resuming) ``output_path``.
 
-    llm: a loaded ``LLM``, or a model path (then ``llm_kwargs`` are its other ``LLM`` arguments).
-    data_parallel: N replicas over Ray (needs a model path; ``gpus_per_replica`` and ``ray_address`` as on
-    the command line; see ``batchllm.distributed``). options: JobOptions fields (seed, default_max_tokens,
-    max_requests_per_pass, served_model_name, progress, block_size, changed_lines). Raises
-    OutputLockedError while another job writes the output, and OutputRefusedError when the output is not
-    this job's to resume (the file is then left as it was).
+    engine: a loaded ``LLM``; a model path (loaded here, with ``llm_kwargs`` as its other ``LLM``
+    arguments); or an executor such as ``batchllm.distributed.DataParallelExecutor.start(model, ...)``
+    (N replicas over Ray). options: JobOptions fields (seed, default_max_tokens, max_requests_per_pass,
+    served_model_name, progress, block_size, changed_lines). Raises OutputLockedError while another job
+    writes the output, and OutputRefusedError when the output is not this job's to resume (the file is
+    then left as it was).
     """
-    llm_kwargs = dict(llm_kwargs or {})
-    parallel = data_parallel is not None or ray_address is not None
-    if parallel and not isinstance(llm, str):
-        raise TypeError("data_parallel needs the model path (each replica loads its own copy), not a loaded LLM")
-    model = llm if isinstance(llm, str) else llm.config.model
-    options.setdefault("served_model_name", model_name(model))
-    options.setdefault("block_size", llm_kwargs.get("block_size", 16) if isinstance(llm, str) else llm.config.cache.block_size)
+    if isinstance(engine, str):
+        from batchllm.llm import LLM
+
+        engine = LLM(engine, **(llm_kwargs or {}))
+    facts = engine.facts if hasattr(engine, "execute") else LocalExecutor(engine).facts
+    options.setdefault("served_model_name", model_name(facts.model))
+    options.setdefault("block_size", facts.block_size)
     opts = JobOptions(**options)
     with ResultsFile.open(output_path) as results:
-        if not parallel:
-            if isinstance(llm, str):
-                from batchllm.llm import LLM
-
-                llm = LLM(llm, **llm_kwargs)
-            return run_batch_job(llm, input_path, results, opts, overwrite=overwrite, log=log)
-        from batchllm.distributed import DataParallelExecutor, DataParallelOptions
-
-        dp = DataParallelOptions(num_replicas=data_parallel or 1, gpus_per_replica=gpus_per_replica,
-                                 ray_address=ray_address)
-        facts = ModelFacts.load(model, llm_kwargs.get("tokenizer"), llm_kwargs.get("max_model_len"),
-                                llm_kwargs.get("skip_tokenizer_init", False), opts.block_size)
-        with DataParallelExecutor(facts, {"model": model, **llm_kwargs}, dp, log=log) as executor:
-            return run_batch_job(executor, input_path, results, opts, overwrite=overwrite, log=log)
+        return run_batch_job(engine, input_path, results, opts, overwrite=overwrite, log=log)

@@ -15,9 +15,9 @@ that uses that prefix (a member of the group or of a descendant group).
    each ungrouped request (its group has shared_prefix_len 0) is an item of its own. An item's cost is its
    requests' own costs plus the prefix costs of its groups.
 2. Units. The target unit cost is C = total_cost / (num_replicas x units_per_replica). Items of cost <= C
-   are packed, in the order of their smallest request id (input order, which is the prefix-tree order after
-   the analysis), into units of cost <= C: a new unit starts when the next item would take the current one
-   past C. An item costing more than C is a unit of its own.
+   are packed, in the order of their smallest request id (input order), into units of cost <= C: a new
+   unit starts when the next item would take the current one past C. An item costing more than C is a unit
+   of its own.
 3. Balance. Simulate the dispatch: units by cost descending (ties: smallest request id first), each to the
    replica that becomes free first (ties: lowest replica index). While the makespan exceeds
    (1 + tolerance) x max(total_cost / N, largest atom) -- an atom is one request with all its groups'
@@ -145,6 +145,7 @@ def expected_costs(
     """(request_cost, group_prefix_cost), float64: each request's own cost and each group's prefix cost.
 
     group_parent: parent group id, -1 for none. A group with shared length 0 is ungrouped (prefix cost 0).
+    A negative budget counts as 0.
     """
     *arrays, _root = _checked(prompt_lens, output_budgets, request_group, group_shared_len, group_parent)
     return _costs(*arrays, decode_token_cost)
@@ -152,12 +153,8 @@ def expected_costs(
 
 def plan_work_units(
     prompt_lens: Ints, output_budgets: Ints, request_group: Ints, group_shared_len: Ints, group_parent: Ints,
-    num_replicas: int,
-    *,
-    units_per_replica: int = 16,
-    tolerance: float = 0.1,
-    decode_token_cost: float = DECODE_TOKEN_COST,
-    max_splits: Optional[int] = None,
+    num_replicas: int, *, units_per_replica: int = 16, tolerance: float = 0.1,
+    decode_token_cost: float = DECODE_TOKEN_COST, max_splits: Optional[int] = None,
 ) -> WorkPlan:
     """Work units for ``num_replicas`` replicas by the rule of this module's docstring.
 
@@ -272,8 +269,8 @@ def _checked(*arrays: Ints) -> tuple[np.ndarray, ...]:
         raise ValueError("group_shared_len and group_parent must have one entry per group")
     if ((group < 0) | (group >= len(shared))).any() or ((parent < -1) | (parent >= len(shared))).any():
         raise ValueError("request_group and group_parent must be group ids (group_parent -1 for none)")
-    if (lens < 0).any() or (budgets < 0).any() or (shared < 0).any():
-        raise ValueError("lengths and budgets must be >= 0")
+    if (lens < 0).any() or (shared < 0).any():
+        raise ValueError("prompt and prefix lengths must be >= 0")
     has_parent = parent >= 0
     if (shared[parent[has_parent]] <= 0).any() or (shared[has_parent] < shared[parent[has_parent]]).any():
         raise ValueError("a parent group must be a sharing group whose prefix its children extend")
@@ -296,7 +293,8 @@ def _roots(parent: np.ndarray) -> np.ndarray:
 
 
 def _costs(lens, budgets, group, shared, parent, decode_token_cost):
-    own = (lens - shared[group]).astype(np.float64) + decode_token_cost * np.minimum(budgets, MAX_EXPECTED_OUTPUT)
+    # A budget below 0 (a prompt longer than the model's context) is a request that will not decode.
+    own = (lens - shared[group]).astype(np.float64) + decode_token_cost * np.clip(budgets, 0, MAX_EXPECTED_OUTPUT)
     parent_len = np.where(parent >= 0, shared[np.maximum(parent, 0)], 0)
     return own, (shared - parent_len).astype(np.float64)
 
@@ -318,8 +316,8 @@ def _chains(deep: np.ndarray, parent: np.ndarray) -> tuple[np.ndarray, np.ndarra
 def _pack(item_cost: np.ndarray, item_first: np.ndarray, target: float) -> np.ndarray:
     """Rule 2: unit index of every item. One searchsorted per packed unit, not a loop over items."""
     order = np.argsort(item_first, kind="stable")
-    small = order[item_cost[order] <= target]
-    big = order[item_cost[order] > target]
+    fits = item_cost[order] <= target
+    small, big = order[fits], order[~fits]
     cum = np.cumsum(item_cost[small])
     starts, s, base = [], 0, 0.0
     while s < len(small):
@@ -334,9 +332,8 @@ def _pack(item_cost: np.ndarray, item_first: np.ndarray, target: float) -> np.nd
 
 
 def _by_unit(unit_of_req: np.ndarray, num_units: int) -> list[np.ndarray]:
-    """Each unit's requests, ascending: read-only views of one array sorted by unit."""
+    """Each unit's requests, ascending: views of one array sorted by unit."""
     order = np.argsort(unit_of_req, kind="stable")
-    order.flags.writeable = False
     bounds = np.searchsorted(unit_of_req[order], np.arange(num_units + 1)).tolist()
     return [order[bounds[u] : bounds[u + 1]] for u in range(num_units)]
 

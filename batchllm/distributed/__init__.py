@@ -6,5 +6,6 @@ driver: plan, hand out, requeue after failures), ``ray_data`` (the same for a ``
 
 from batchllm.distributed.dispatch import DataParallelExecutor
 from batchllm.distributed.options import DataParallelOptions
+from batchllm.distributed.ray_data import generate as generate_dataset
 
-__all__ = ["DataParallelExecutor", "DataParallelOptions"]
+__all__ = ["DataParallelExecutor", "DataParallelOptions", "generate_dataset"]

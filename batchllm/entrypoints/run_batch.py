@@ -66,6 +66,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e = p.add_argument_group("engine options")
     e.add_argument("--dtype", default="auto", help="auto (checkpoint dtype on GPU, float32 on CPU), float32, bfloat16, float16")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    e.add_argument("--load-format", default="auto",
+                   help="auto (safetensors, .bin or GGUF), or dummy: random weights of the config's shapes (benchmarks)")
     e.add_argument("--max-model-len", type=int, default=None, help="context length (default: the model's)")
     e.add_argument("--max-num-seqs", type=int, default=256, help="cap on running requests (default 256)")
     e.add_argument("--max-num-batched-tokens", type=int, default=None, help="token budget of one iteration")
@@ -200,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
 
 def llm_kwargs(args, model: str, max_model_len: Optional[int]) -> dict:
     """The ``LLM`` arguments the command line gives (one engine, or each data-parallel replica)."""
-    return dict(model=model, dtype=args.dtype, device=args.device, max_model_len=max_model_len, seed=args.seed,
+    return dict(model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
+                max_model_len=max_model_len, seed=args.seed,
                 block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
                 max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                 skip_tokenizer_init=args.skip_tokenizer_init, scheduling=args.scheduling,
@@ -225,14 +228,12 @@ def _load_and_run(args, model: str, max_model_len: Optional[int], options: JobOp
     t0 = time.perf_counter()
     kwargs = llm_kwargs(args, model, max_model_len)
     if uses_ray(args):
-        from batchllm.batch.executor import ModelFacts
         from batchllm.distributed import DataParallelExecutor
 
         log(f"starting {args.data_parallel} replicas of {model} on Ray ...")
         try:
-            dp_options = data_parallel_options(args)
-            facts = ModelFacts.load(model, None, max_model_len, args.skip_tokenizer_init, args.block_size)
-            executor = DataParallelExecutor(facts, kwargs, dp_options, log=log)
+            kwargs.pop("model")
+            executor = DataParallelExecutor.start(model, data_parallel_options(args), kwargs, log=log)
             start_seconds = time.perf_counter() - t0
         except (ValueError, OSError, ImportError) as err:
             log(f"error: cannot start the replicas: {err}")

@@ -200,8 +200,10 @@ def test_python_api_data_parallel_and_dry_run_plan(small_job, capsys):
 
     model, inp, expected, root = small_job
     out = str(root / "api.jsonl")
-    summary = run_batch_file(model, inp, out, overwrite=True, progress=False, log=lambda m: None, data_parallel=2,
-                             gpus_per_replica=0, llm_kwargs={"max_num_seqs": 64})
+    from batchllm.distributed import DataParallelExecutor
+
+    with DataParallelExecutor.start(model, llm_kwargs={"max_num_seqs": 64}, num_replicas=2, gpus_per_replica=0) as dp:
+        summary = run_batch_file(dp, inp, out, overwrite=True, progress=False, log=lambda m: None)
     assert _comparable(read_results(out)) == expected
     assert summary.data_parallel is not None and len(summary.data_parallel["replicas"]) == 2
     assert main(["run-batch", "-i", inp, "-o", str(root / "dry.jsonl"), "--model", model, "--dry-run",
