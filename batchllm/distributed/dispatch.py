@@ -96,6 +96,7 @@ class DataParallelExecutor:
         self.prompt_tokens = 0
         self.first_ready = threading.Event()
         self.started: dict[tuple[int, int], ReplicaInfo] = {}  # written by the reader threads
+        self.load_failures: set[tuple[int, int]] = set()  # (slot, generation) of actors that never loaded
         for slot in self.slots:
             self._start(slot)
 
@@ -121,6 +122,7 @@ class DataParallelExecutor:
     def _consume(self, index: int, generation: int, actor) -> None:
         """Read one actor's events into the driver's queue (a thread per actor: the driver waits on one queue)."""
         put = self.events.put
+        info = None
         try:
             info = self.ray.get(actor.info.remote())
             self.started[(index, generation)] = info
@@ -131,13 +133,15 @@ class DataParallelExecutor:
                     put((index, generation, event))
             put((index, generation, ("ended",)))
         except Exception as err:  # the actor died or could not start: Ray's error says which
+            if info is None:
+                self.load_failures.add((index, generation))
             put((index, generation, ("failed", err)))
 
     def kv_blocks(self) -> Optional[int]:
         """KV blocks of the first replica to start (waits for one)."""
         while not self.first_ready.wait(0.5):
-            if not any(s.alive for s in self.slots):
-                return None
+            if len(self.load_failures) >= len(self.slots):
+                return None  # none could load; execute() reports why
         return min(info.num_kv_blocks for info in list(self.started.values()))
 
     # ---- the run ------------------------------------------------------------------------------
@@ -246,11 +250,12 @@ class DataParallelExecutor:
                 units.appendleft(rerun)
                 self.rerun_units += 1
         slot.busy_before = (slot.busy_seconds, slot.generated_tokens)
-        never_started = slot.info is None and not any(s.info is not None for s in self.slots)
         self.ray.kill(slot.actor, no_restart=True)
         slot.alive = False
-        if never_started and slot.restarts >= 1:
-            return next_unit_id  # failing at load again and again: give the slot up
+        if not self.started:
+            # It could not load while no replica ever has: the model or its options (the error says which),
+            # not a lost machine. Retrying would fail the same way.
+            return next_unit_id
         if slot.restarts < self.options.max_restarts:
             slot.restarts += 1
             self.log(f"  starting a new replica {slot.index} (restart {slot.restarts} of {self.options.max_restarts})")

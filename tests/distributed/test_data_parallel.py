@@ -211,3 +211,18 @@ def test_python_api_data_parallel_and_dry_run_plan(small_job, capsys):
     printed = capsys.readouterr().out
     assert "data-parallel plan (3 replicas)" in printed and "replica 2:" in printed and "round-robin" in printed
     assert not os.path.exists(root / "dry.jsonl")
+
+
+def test_replicas_that_cannot_load_stop_the_job_with_the_reason(small_job):
+    from batchllm.batch import run_batch_file
+    from batchllm.distributed import DataParallelExecutor
+
+    model, inp, _, root = small_job
+    out = str(root / "cannot_load.jsonl")
+    # One KV block cannot hold a request of max_model_len: every replica fails in LLM(...), none retried.
+    with DataParallelExecutor.start(model, llm_kwargs={"num_kv_blocks": 1}, num_replicas=2, gpus_per_replica=0) as dp:
+        with pytest.raises(RuntimeError, match="every replica failed.*KV cache fits 1 blocks"):
+            run_batch_file(dp, inp, out, overwrite=True, progress=False, log=lambda m: None)
+        assert dp.failed_replicas == 2 and all(s.restarts == 0 for s in dp.slots)
+    results = read_results(out)  # the error lines of the bad input lines were written before the run
+    assert results and all(r["error"] is not None for r in results)
