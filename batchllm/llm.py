@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
+from batchllm.chat import ChatInputError, ChatOptions, normalize_messages, render_chat
 from batchllm.config import (
     CacheConfig,
     EngineConfig,
@@ -16,6 +17,7 @@ from batchllm.config import (
     resolve_max_model_len,
 )
 from batchllm.engine.llm_engine import LLMEngine
+from batchllm.engine.samples import SampleFanOut, sample_params, sample_request_id
 from batchllm.engine.validation import prompt_errors, raise_if_errors, sampling_errors
 from batchllm.model.arch_config import load_arch_config
 from batchllm.model.tokenizer import load_tokenizer
@@ -156,10 +158,16 @@ class LLM:
         if not errors:
             errors += prompt_errors(index, ids, self.vocab_size, self.config.max_model_len)
         errors += sampling_errors(index, params, self.vocab_size)
+        if isinstance(params, SamplingParams) and params.structured_outputs is not None and not errors:
+            problem = self.engine.structured.problem(params)
+            if problem is not None:
+                errors.append(f"request {index}: structured_outputs: {problem}")
         if self.tokenizer is None and isinstance(params, SamplingParams) and params.stop_strings:
             # Without a tokenizer there is no text to find them in: they would be ignored silently.
             errors.append(f"request {index}: stop: stop strings need the tokenizer (skipped by skip_tokenizer_init); "
                           "use stop_token_ids")
+        if isinstance(params, SamplingParams) and params.bad_words and not errors:
+            errors += [f"request {index}: {e}" for e in params.update_from_tokenizer(self.tokenizer)]
         return text, ids, errors
 
     def _normalize(self, prompts: Any, sampling_params: Any) -> tuple[list, list]:
@@ -195,16 +203,19 @@ class LLM:
         sampling_params: Union[None, SamplingParams, Sequence[SamplingParams]] = None,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Run every prompt to completion; outputs come back in input order.
+        """Run every prompt to completion; outputs come back in input order, one per prompt, with
+        `params.n` completions each (`outputs[i].index == i`; samples share the prompt's KV, see
+        `engine/samples.py`).
 
         Raises ValueError listing every bad request (index and field) before any compute, TypeError when
         the arguments themselves have the wrong type.
 
         A failure that concerns one request alone (its stop check, detokenization or seeded sampler raising)
-        does not stop the batch: that request finishes with `outputs[0].finish_reason == "error"` and
-        `RequestOutput.error` holding the message (exception type and text); its output keeps the tokens
-        received before the failure. Any other exception, a KeyboardInterrupt included, propagates after
-        every request of this call was aborted and its KV memory freed: the LLM is ready for the next call.
+        does not stop the batch: that request (or sample) finishes with `finish_reason == "error"` and
+        `RequestOutput.error` holding the message (exception type and text; with n > 1, which samples
+        failed); its output keeps the tokens received before the failure. Any other exception, a
+        KeyboardInterrupt included, propagates after every request of this call was aborted and its KV
+        memory freed: the LLM is ready for the next call.
         """
         prompts, params_list = self._normalize(prompts, sampling_params)
         errors: list[str] = []
@@ -244,7 +255,7 @@ class LLM:
 
     def run_stream(self, next_batch: Callable[[bool], Optional[EncodedBatch]]) -> Iterator[tuple[int, int, RequestOutput]]:
         """Run batches as they arrive, keeping the engine full from one to the next; yield (batch number,
-        index in that batch, output) as each request finishes.
+        index in that batch, output) as each prompt finishes (all of its `params.n` samples).
 
         ``next_batch(wait)`` is called whenever every request given so far has been admitted: with
         wait=False while others still run (return the next batch, or None for "nothing yet"), with
@@ -259,32 +270,41 @@ class LLM:
                 "the engine is still running the requests of an earlier run_encoded generator; exhaust it or "
                 "call its close() before starting another call"
             )
-        batch_starts: list[int] = []  # arrival index of each batch's first request
-        arrivals = 0
+        batch_starts: list[int] = []  # prompt index (over the call) of each batch's first prompt
+        fan_out = SampleFanOut()  # a prompt with n samples runs as n engine requests
         try:
             while True:
                 if self.engine.num_waiting() == 0:
                     batch = next_batch(not self.engine.has_unfinished())
                     if batch is not None:
-                        batch_starts.append(arrivals)
-                        self.engine.add_requests(self._make_requests(batch, arrivals))
-                        arrivals += len(batch[0])
+                        batch_starts.append(fan_out.num_prompts)
+                        self.engine.add_requests(self._make_requests(batch, fan_out))
                     elif not self.engine.has_unfinished():
                         return
                 for request in self.engine.step():
-                    number = bisect.bisect_right(batch_starts, request.arrival_index) - 1
-                    yield number, request.arrival_index - batch_starts[number], self.engine.make_output(request)
+                    done = fan_out.finished(request.arrival_index, request.request_id, self.engine.make_output(request))
+                    if done is None:
+                        continue  # other samples of its prompt still run: the prompt's output comes with the last
+                    prompt, output = done
+                    number = bisect.bisect_right(batch_starts, prompt) - 1
+                    yield number, prompt - batch_starts[number], output
         except BaseException:  # GeneratorExit and KeyboardInterrupt too: the engine must not keep this call's state
             self.engine.abort_all()
             raise
 
-    def _make_requests(self, batch: EncodedBatch, first_arrival: int) -> list:
+    def _make_requests(self, batch: EncodedBatch, fan_out: SampleFanOut) -> list:
+        """Engine requests of a batch: ``params.n`` per prompt, the samples of a prompt one after another (the
+        scheduler then groups them as a shared prefix: the prompt's KV is computed once)."""
         encoded, params_list = batch
         requests = []
-        for offset, ((text, ids), params) in enumerate(zip(encoded, params_list)):
-            request_id = str(self._next_request)
+        for (text, ids), params in zip(encoded, params_list):
+            parent_id = str(self._next_request)
             self._next_request += 1
-            requests.append(self.engine.make_request(request_id, text, ids, params, first_arrival + offset))
+            samples = sample_params(params)
+            arrival = fan_out.add_prompt(len(samples))
+            for i, sample in enumerate(samples):
+                request_id = sample_request_id(parent_id, i, len(samples))
+                requests.append(self.engine.make_request(request_id, text, ids, sample, arrival + i))
         return requests
 
     def chat(
@@ -294,24 +314,37 @@ class LLM:
         use_tqdm: bool = True,
         add_generation_prompt: bool = True,
         chat_template: Optional[str] = None,
+        continue_final_message: bool = False,
+        chat_template_kwargs: Optional[dict[str, Any]] = None,
     ) -> list[RequestOutput]:
         """Apply the tokenizer's chat template to each conversation, then generate.
 
-        messages: one conversation (a list of {"role": ..., "content": ...} dicts) or a list of them.
+        messages: one conversation (a list of {"role": ..., "content": ...} dicts) or a list of them; a
+        content may be a list of text parts (joined with "\\n", as vLLM). continue_final_message: continue
+        the last (assistant) message instead of starting a new turn; needs add_generation_prompt=False.
+        chat_template_kwargs: extra template variables (e.g. {"enable_thinking": False}). The rules, shared
+        with the batch job, are in ``batchllm/chat.py``; every bad conversation is listed in one ValueError.
         """
         conversations = _conversations(messages)
         if self.tokenizer is None:
             raise ValueError("chat needs the tokenizer; do not pass skip_tokenizer_init=True")
-        prompts = []
+        options = ChatOptions(add_generation_prompt, continue_final_message, chat_template_kwargs)
+        prompts, errors = [], []
         for index, conversation in enumerate(conversations):
             try:
-                text = self.tokenizer.apply_chat_template(
-                    conversation, tokenize=False, add_generation_prompt=add_generation_prompt, chat_template=chat_template
-                )
+                conversation = normalize_messages(conversation)
+                options.check(conversation)
+            except ChatInputError as err:
+                errors.append(f"request {index}: {err}")
+                continue
+            try:
+                text = render_chat(self.tokenizer, conversation, options, chat_template)
             except Exception as err:  # template errors come in many types; name the conversation
-                raise ValueError(f"request {index}: messages: the chat template failed ({err})") from err
+                errors.append(f"request {index}: messages: the chat template failed ({err})")
+                continue
             ids = self.tokenizer(text, add_special_tokens=False).input_ids
             prompts.append({"prompt": text, "prompt_token_ids": list(ids)})
+        raise_if_errors(errors)
         return self.generate(prompts, sampling_params, use_tqdm)
 
 

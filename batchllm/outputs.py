@@ -15,6 +15,9 @@ class CompletionOutput:
     logprobs: Optional[list[float]]
     finish_reason: Optional[str]  # "stop" | "length" | "error" (RequestOutput.error says why)
     stop_reason: Union[int, str, None] = None  # the stop token id or stop string that ended it
+    # logprobs=k >= 1: per position, the k most likely tokens {token id: logprob}, best first (the log_softmax
+    # after penalties and biases, before temperature); `logprobs` holds the chosen tokens' own
+    top_logprobs: Optional[list[dict[int, float]]] = None
 
 
 @dataclass
@@ -36,4 +39,5 @@ class RequestOutput:
     metrics: RequestMetrics = field(default_factory=lambda: RequestMetrics(0.0))
     # Set when this request alone failed inside the engine (outputs[0].finish_reason == "error"): the
     # message, with the exception's type and text. Its output holds the tokens received before the failure.
+    # With n samples: "sample i of n: <message>" for each failed one (joined by "; "); the others are whole.
     error: Optional[str] = None

@@ -26,7 +26,7 @@ def llm(tiny_models):
         ({"prompt_token_ids": [5]}, SamplingParams(max_tokens=0), r"request 1: max_tokens"),
         ({"prompt_token_ids": [5]}, SamplingParams(min_tokens=9, max_tokens=3), r"request 1: min_tokens"),
         ({"prompt_token_ids": [5]}, SamplingParams(stop_token_ids=[5000]), r"request 1: stop_token_ids"),
-        ({"prompt_token_ids": [5]}, SamplingParams(n=2), r"request 1: n"),
+        ({"prompt_token_ids": [5]}, SamplingParams(n=0), r"request 1: n"),
         ("text prompt", SamplingParams(), r"request 1: prompt: text given but the tokenizer was skipped"),
         ({"oops": 1}, SamplingParams(), r"request 1: prompt: a dict prompt needs"),
     ],

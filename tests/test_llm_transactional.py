@@ -57,7 +57,7 @@ def _fail_after(calls: int, error: BaseException, original):
 @pytest.mark.parametrize("overlap", [True, False])
 @pytest.mark.parametrize(
     "target, error",
-    [("runner.launch", RuntimeError("device fell over")), ("stop_checker.check", KeyboardInterrupt())],
+    [("runner.forward", RuntimeError("device fell over")), ("stop_checker.check", KeyboardInterrupt())],
 )
 def test_failed_call_leaves_a_clean_llm(tiny_models, fresh, monkeypatch, overlap, target, error):
     llm = LLM(tiny_models["qwen2"], overlap_scheduling=overlap, **TIGHT)

@@ -21,6 +21,7 @@ from batchllm.batch.openai_format import RequestError, batch_request_from_record
 from batchllm.batch.requests_jsonl import RequestRecord, auto_custom_id, is_auto_custom_id, read_request_records
 from batchllm.batch.results_file import DUPLICATE_CODE, InputManifest, ResumeState
 from batchllm.batch.store import CompactRequests
+from batchllm.chat import ChatOptions, render_chat
 
 TEXT_BATCH = 512  # texts tokenized per tokenizer call (the fast tokenizer parallelises a batch)
 CHANGED_LINES_POLICIES = ("refuse", "rerun")
@@ -71,6 +72,7 @@ class _Collector:
         self.auto_occurrences: dict[int, int] = {}
         self.pending: list[_Pending] = []
         self.pending_texts = 0
+        self.grammars = None  # a structured.GrammarCompiler, made for the first constrained line
 
     def name(self, record: RequestRecord) -> tuple[str, Optional[RequestError]]:
         if record.custom_id is None:
@@ -119,13 +121,15 @@ class _Collector:
     def prepare(self, record: RequestRecord, custom_id: str) -> None:
         request = batch_request_from_record(record, custom_id, self.vocab_size, self.options.seed,
                                             self.options.default_max_tokens)
+        if request.params.structured_outputs is not None:
+            self.check_constraint(request.params.structured_outputs)
         tokenizer = self.tokenizer
         if request.kind == "chat":
             if tokenizer is None:
                 raise RequestError("invalid_request", "a chat request needs the model's tokenizer (the job runs "
                                    "with --skip-tokenizer-init)", "messages")
             try:
-                text = tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+                text = render_chat(tokenizer, request.messages, request.chat or ChatOptions())
             except Exception as err:  # template errors come in many types; they concern this line only
                 raise RequestError("chat_template_error", f"the chat template failed: {err}", "messages") from err
             self.pending.append(_Pending(request, text, False, None))
@@ -138,6 +142,19 @@ class _Collector:
                                    "--skip-tokenizer-init; send token ids)", "prompt")
             self.pending.append(_Pending(request, request.text, True, None))
             self.pending_texts += 1
+
+    def check_constraint(self, spec) -> None:
+        """An output constraint that cannot compile is this line's error (each distinct one compiles once)."""
+        if self.tokenizer is None:
+            raise RequestError("invalid_request", "structured outputs need the model's tokenizer (the job runs "
+                               "with --skip-tokenizer-init)", "response_format")
+        if self.grammars is None:
+            from batchllm.structured import GrammarCompiler
+
+            self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
+        problem = self.grammars.problem(spec)
+        if problem is not None:
+            raise RequestError("invalid_request", f"the output constraint is invalid: {problem}", "response_format")
 
     def _tokenize(self, items: list[_Pending], special: bool) -> None:
         """Token ids for each item; when the batched call fails, each text alone, so only the bad one fails."""

@@ -159,17 +159,19 @@ def run_batch_job(engine: Union["LLM", RequestExecutor], input_path: str, result
     summary.seconds["analyze"] = round(time.perf_counter() - t1, 3)
     log(format_plan_line(summary))
     t2 = time.perf_counter()
+    # the text of a top_logprobs alternative (decoded only for requests that asked for alternatives)
+    token_text = (lambda token_id: tokenizer.decode([token_id])) if tokenizer is not None else None
     for i, output in _with_progress(executor.execute(requests, analysis), len(requests), options, summary):
         custom_id = requests.custom_ids[i]
         try:
             if output.error is not None:
                 raise RuntimeError(output.error)
-            completion = output.outputs[0]
-            token_texts = None
-            if completion.logprobs is not None and tokenizer is not None:
-                token_texts = [tokenizer.decode([t]) for t in completion.token_ids]
+            token_texts = None  # per completion (n samples: n choices)
+            if tokenizer is not None and any(c.logprobs is not None for c in output.outputs):
+                token_texts = [[tokenizer.decode([t]) for t in c.token_ids] if c.logprobs is not None else None
+                               for c in output.outputs]
             line = success_line(custom_id, requests.kind(i), requests.model(i) or options.served_model_name,
-                                output, token_texts)
+                                output, token_texts, token_text=token_text)
         except Exception as err:  # this request's result cannot be written: its error line instead
             error = internal_error("generation" if output.error is not None else "writing the result", err)
             results.write(error_line(custom_id, error))
@@ -177,8 +179,8 @@ def run_batch_job(engine: Union["LLM", RequestExecutor], input_path: str, result
             continue
         results.write(line)
         summary.succeeded += 1
-        summary.prompt_tokens += len(output.prompt_token_ids)
-        summary.completion_tokens += len(completion.token_ids)
+        summary.prompt_tokens += len(output.prompt_token_ids)  # once per line, as the line's usage counts it
+        summary.completion_tokens += sum(len(c.token_ids) for c in output.outputs)  # every sample's
     summary.seconds["generate"] = round(time.perf_counter() - t2, 3)
     executor.report(summary)
     return summary
@@ -201,9 +203,22 @@ def _check_belongs_here(path: str, resume: ResumeState, collected, options: JobO
 
 
 def analyse(requests: CompactRequests, block_size: int, lru_cache_blocks: Optional[int]):
-    from batchllm.prefix import analyze_prefixes
+    """The prefix analysis of the requests, one entry per request (line).
 
-    return analyze_prefixes(requests.build(), block_size=block_size, lru_cache_blocks=lru_cache_blocks or None)
+    A line with ``n`` samples runs as n engine requests of one prompt, so it is analysed as n identical
+    prompts (``prefix.repeat_prompts``): the statistics (prompts, prompt tokens, tokens to prefill, reuse
+    ratio, LRU) count every sample, and the n - 1 extra samples' shared prompt shows as reuse, as it is in
+    the engine. Groups and request_group are mapped back to lines (``prefix.collapse_repeats``). The
+    expansion copies the tokens of the whole file once, for the analysis only; files with n = 1 throughout
+    are analysed as they are.
+    """
+    from batchllm.prefix import analyze_prefixes, collapse_repeats, repeat_prompts
+
+    kwargs = dict(block_size=block_size, lru_cache_blocks=lru_cache_blocks or None)
+    samples = requests.samples_per_request()
+    if not len(samples) or int(samples.max()) == 1:
+        return analyze_prefixes(requests.build(), **kwargs)
+    return collapse_repeats(analyze_prefixes(repeat_prompts(requests.build(), samples), **kwargs), samples)
 
 
 def _with_progress(outputs: Iterator, total: int, options: JobOptions, summary: BatchSummary) -> Iterator:

@@ -18,12 +18,17 @@ give a failure both the HTTP-like response OpenAI would put there and a top-leve
 from __future__ import annotations
 
 import hashlib
-import reprlib
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
+from batchllm.batch.request_errors import RequestError, short_repr
+from batchllm.batch.structured_fields import STRUCTURED_FIELDS, structured_outputs_from_body
+from batchllm.batch.chat_bodies import CHAT_FIELDS, chat_options_from_body
+from batchllm.chat import ChatInputError, ChatOptions
+from batchllm.chat import normalize_messages as normalize_chat_messages
+from batchllm.batch.openai_sampling import PROCESSING_FIELDS, SamplingFieldError, logprobs_block, processing_kwargs
 from batchllm.sampling_params import SamplingParams, is_int, is_number
 
 CHAT_URL = "/v1/chat/completions"
@@ -35,10 +40,6 @@ IGNORED_FIELDS = frozenset({"model", "user", "metadata", "store", "service_tier"
 # Fields accepted only at their OpenAI default value (anything else is an "unsupported_parameter" error line).
 DEFAULT_ONLY = {
     "stream": (None, False),
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "repetition_penalty": (None, 1, 1.0),
-    "logit_bias": (None, {}),
     "echo": (None, False),
     "best_of": (None, 1),
     "suffix": (None, ""),
@@ -46,28 +47,13 @@ DEFAULT_ONLY = {
     "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}),
     "parallel_tool_calls": (None, True, False),
-    "top_logprobs": (None, 0),
 }
 SAMPLING_FIELDS = frozenset({
     "max_tokens", "max_completion_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stop_token_ids",
     "min_tokens", "ignore_eos", "n", "logprobs", "skip_special_tokens", "include_stop_str_in_output",
-})
+}) | PROCESSING_FIELDS  # penalties, biases, min_p, allowed_token_ids, top_logprobs: batch/openai_sampling.py
 OPENAI_DEFAULT_TEMPERATURE = 1.0
-
-
-@dataclass(frozen=True)
-class RequestError(Exception):
-    """A problem with one request; becomes that request's error line."""
-
-    code: str
-    message: str
-    param: Optional[str] = None
-    status_code: int = 400
-
-    def __str__(self) -> str:
-        return self.message
 
 
 @dataclass
@@ -82,17 +68,13 @@ class BatchRequest:
     token_ids: Optional[Sequence[int]] = None  # completion token-id prompt
     messages: Optional[list[dict]] = None  # chat conversation (content parts normalised to strings)
     seed_derived: bool = False  # the seed was derived from the job seed and the custom_id
+    chat: Optional[ChatOptions] = None  # how a chat conversation becomes its prompt (chat requests only)
 
 
-_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxdict = 8
 MAX_MESSAGE_CHARS = 2000  # an error message quoting a huge value or exception is cut to this
 
 
-def _short(value: Any) -> str:
-    """repr of a field value for an error message, cut short (a bad field may be megabytes long)."""
-    return _REPR.repr(value)
+_short = short_repr
 
 
 def internal_error(step: str, err: BaseException) -> RequestError:
@@ -125,7 +107,7 @@ def sampling_params_from_body(
 ) -> SamplingParams:
     """Map OpenAI body fields to SamplingParams; RequestError for unknown fields or values we cannot honour."""
     for key, value in body.items():
-        if key in SAMPLING_FIELDS or key in IGNORED_FIELDS:
+        if key in SAMPLING_FIELDS or key in IGNORED_FIELDS or key in STRUCTURED_FIELDS or key in CHAT_FIELDS:
             continue
         if key in DEFAULT_ONLY:
             if not any(value == ok and type(value) is type(ok) or (value is ok) for ok in DEFAULT_ONLY[key]):
@@ -160,7 +142,11 @@ def sampling_params_from_body(
     for key in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
         if body.get(key) is not None and not isinstance(body[key], bool):
             raise RequestError("invalid_parameter", f"{key}={_short(body[key])} must be true or false", key)
-    logprobs = _logprobs(body.get("logprobs"), kind)
+    try:
+        processing = processing_kwargs(body, kind)  # logprobs, penalties, biases, min_p, allowed_token_ids
+    except SamplingFieldError as err:
+        raise RequestError(err.code, err.message, err.param) from err
+    logprobs = processing.pop("logprobs")
     kwargs: dict[str, Any] = dict(
         n=body.get("n") if body.get("n") is not None else 1,
         temperature=body["temperature"] if body.get("temperature") is not None else OPENAI_DEFAULT_TEMPERATURE,
@@ -173,10 +159,12 @@ def sampling_params_from_body(
         stop_token_ids=stop_ids,
         ignore_eos=bool(body.get("ignore_eos", False)),
         logprobs=logprobs,
+        **processing,
     )
     for key in ("skip_special_tokens", "include_stop_str_in_output"):
         if body.get(key) is not None:
             kwargs[key] = body[key]
+    kwargs["structured_outputs"] = structured_outputs_from_body(body)
     params = SamplingParams(**kwargs)
     errors = params.validation_errors(vocab_size)
     if errors:
@@ -185,42 +173,13 @@ def sampling_params_from_body(
     return params
 
 
-def _logprobs(value: Any, kind: str) -> Optional[int]:
-    if value is None or value is False:
-        return None
-    if kind == "chat":
-        if value is True:
-            return 1
-        raise RequestError("invalid_parameter", f"logprobs={_short(value)} must be true or false for chat", "logprobs")
-    if is_int(value) and value in (0, 1):
-        return 1
-    raise RequestError("unsupported_parameter",
-                       f"logprobs={_short(value)}: only the chosen token's logprob is supported (0 or 1)", "logprobs")
-
-
 def normalize_messages(messages: Sequence[dict]) -> list[dict]:
-    """Copy the conversation with list-of-parts contents joined into strings (text parts only)."""
-    out = []
-    for i, message in enumerate(messages):
-        content = message.get("content")
-        if isinstance(content, list):
-            texts = []
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
-                else:
-                    kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-                    raise RequestError("unsupported_parameter",
-                                       f"messages[{i}].content: only text parts are supported, got {kind!r}",
-                                       "messages")
-            content = "\n".join(texts)
-        elif content is None:
-            content = ""
-        elif not isinstance(content, str):
-            raise RequestError("invalid_parameter", f"messages[{i}].content must be a string or a list of parts",
-                               "messages")
-        out.append({**message, "content": content})
-    return out
+    """Copy the conversation with list-of-parts contents joined into strings (``batchllm.chat``: text parts
+    joined with "\\n", as vLLM; other part types are an ``invalid_request`` naming the message and part)."""
+    try:
+        return normalize_chat_messages(messages)
+    except ChatInputError as err:
+        raise RequestError(err.code, str(err), err.param) from None
 
 
 def batch_request_from_record(
@@ -239,7 +198,12 @@ def batch_request_from_record(
         derived = True
     model = record.params.get("model") if isinstance(record.params.get("model"), str) else None
     messages = normalize_messages(record.messages) if record.messages is not None else None
-    return BatchRequest(custom_id, kind, params, model, record.prompt, record.prompt_token_ids, messages, derived)
+    try:
+        chat = chat_options_from_body(record.params, kind, messages)
+    except ChatInputError as err:
+        raise RequestError(err.code, str(err), err.param) from None
+    return BatchRequest(custom_id, kind, params, model, record.prompt, record.prompt_token_ids, messages, derived,
+                        chat)
 
 
 # ----------------------------------------------------------------------------------------------------- output
@@ -249,48 +213,47 @@ def _new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
-def success_line(custom_id: str, kind: str, model: str, output, token_texts: Optional[list[str]] = None,
-                 created: Optional[int] = None) -> dict:
-    """The output line of a finished request (``output`` is a RequestOutput)."""
-    completion = output.outputs[0]
+def success_line(custom_id: str, kind: str, model: str, output,
+                 token_texts: Optional[Sequence[Optional[list[str]]]] = None, created: Optional[int] = None,
+                 token_text: Optional[Callable[[int], str]] = None) -> dict:
+    """The output line of a finished request (``output`` is a RequestOutput): one choice per completion
+    (``n`` samples: ``choices[0..n-1]``); usage counts the prompt once and the completion tokens of every
+    choice, as OpenAI does. token_texts: per completion, the text of each token (for logprobs; None: ids);
+    token_text: the text of a token id, for the top_logprobs alternatives (None: ids)."""
     created = int(time.time()) if created is None else created
     prompt_tokens = len(output.prompt_token_ids)
-    completion_tokens = len(completion.token_ids)
-    logprobs = None
-    if completion.logprobs is not None:
-        tokens = token_texts if token_texts is not None else [str(t) for t in completion.token_ids]
-        if kind == "chat":
-            logprobs = {"content": [
-                {"token": tok, "logprob": lp, "bytes": list(tok.encode("utf-8")), "top_logprobs": []}
-                for tok, lp in zip(tokens, completion.logprobs)
-            ]}
-        else:
-            offsets, pos = [], 0
-            for tok in tokens:
-                offsets.append(pos)
-                pos += len(tok)
-            logprobs = {"tokens": tokens, "token_logprobs": list(completion.logprobs), "top_logprobs": None,
-                        "text_offset": offsets}
-    choice: dict[str, Any] = {"index": 0}
+    completion_tokens = sum(len(c.token_ids) for c in output.outputs)
+    texts = list(token_texts) if token_texts is not None else [None] * len(output.outputs)
+    choices = [_choice(kind, completion, tokens, token_text) for completion, tokens in zip(output.outputs, texts)]
     if kind == "chat":
-        choice["message"] = {"role": "assistant", "content": completion.text}
         body_id, obj = _new_id("chatcmpl-"), "chat.completion"
     else:
-        choice["text"] = completion.text
         body_id, obj = _new_id("cmpl-"), "text_completion"
-    choice["logprobs"] = logprobs
-    choice["finish_reason"] = completion.finish_reason
     body = {
         "id": body_id,
         "object": obj,
         "created": created,
         "model": model,
-        "choices": [choice],
+        "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
     return {"id": _new_id("batch_req_"), "custom_id": custom_id,
             "response": {"status_code": 200, "request_id": uuid.uuid4().hex, "body": body}, "error": None}
+
+
+def _choice(kind: str, completion, token_texts: Optional[list[str]],
+            token_text: Optional[Callable[[int], str]] = None) -> dict:
+    """One element of ``choices``: its index, the text (or assistant message), logprobs and finish_reason."""
+    logprobs = logprobs_block(kind, completion, token_texts, token_text)  # batch/openai_sampling.py
+    choice: dict[str, Any] = {"index": completion.index}
+    if kind == "chat":
+        choice["message"] = {"role": "assistant", "content": completion.text}
+    else:
+        choice["text"] = completion.text
+    choice["logprobs"] = logprobs
+    choice["finish_reason"] = completion.finish_reason
+    return choice
 
 
 def error_line(custom_id: str, error: RequestError) -> dict:

@@ -29,7 +29,7 @@ class CompactRequests(TokenArraysBuilder):
         self.param_index = array("i")
         self.seeds = array("q")  # derived seed, or -1 (the interned params carry the request's own seed)
         self.model_index = array("i")
-        self.output_budget = array("q")  # max output tokens (for the memory plan)
+        self.output_budget = array("q")  # max output tokens, over all n samples (memory plan, work-unit costs)
         self._params: list[SamplingParams] = []
         self._params_keys: dict[str, int] = {}
         self._models: list[Optional[str]] = []
@@ -60,12 +60,18 @@ class CompactRequests(TokenArraysBuilder):
         self.param_index.append(index)
         self.seeds.append(seed)
         self.model_index.append(model_idx)
-        self.output_budget.append(min(budget, 2**63 - 1))
+        # n samples generate n outputs (each sample's KV beyond the shared prompt is its own).
+        self.output_budget.append(min(budget * params.n, 2**63 - 1))
 
     def params(self, i: int) -> SamplingParams:
         params = self._params[self.param_index[i]]
         seed = self.seeds[i]
         return params if seed < 0 else dataclasses.replace(params, seed=int(seed))
+
+    def samples_per_request(self) -> np.ndarray:
+        """``n`` of each request (int64): how many samples, i.e. engine requests of one prompt, it runs as."""
+        table = np.array([p.n for p in self._params] or [1], dtype=np.int64)
+        return table[np.frombuffer(self.param_index, dtype=np.int32)] if len(self) else np.zeros(0, np.int64)
 
     def model(self, i: int) -> Optional[str]:
         return self._models[self.model_index[i]]

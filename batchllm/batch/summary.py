@@ -13,6 +13,17 @@ MAX_ERRORS_SHOWN = 10
 
 @dataclass
 class BatchSummary:
+    """What a job did.
+
+    Token counts follow the result lines' usage: ``prompt_tokens`` counts each line's prompt once,
+    ``completion_tokens`` every sample's output (a line with ``n`` samples has n choices). The prefix
+    statistics (``prefill_tokens``, ``reuse_ratio``, ``lru_reuse_ratio``) come from the job's analysis, which
+    sees a line with n samples as n identical prompts, as the engine runs it (``batch.job.analyse``): so the
+    reuse includes the n - 1 extra samples' shared prompt, and both ratios are over every sample's prompt
+    tokens. Counting the line once would hide that saving; counting n prompts without their sharing would
+    make the engine look like it prefilled every sample.
+    """
+
     input_lines: int = 0  # non-blank lines of the input
     already_done: int = 0  # skipped: their custom_id was in the output already
     to_run: int = 0
@@ -21,9 +32,9 @@ class BatchSummary:
     error_codes: dict = field(default_factory=dict)
     first_errors: list = field(default_factory=list)
     changed_lines: list = field(default_factory=list)  # done custom_ids whose input line changed (rerun)
-    prompt_tokens: int = 0  # of the requests run
-    completion_tokens: int = 0
-    prefill_tokens: Optional[int] = None  # after global prefix sharing
+    prompt_tokens: int = 0  # of the requests run, once per line
+    completion_tokens: int = 0  # of every sample
+    prefill_tokens: Optional[int] = None  # after global prefix sharing, every sample's prompt counted
     reuse_ratio: Optional[float] = None
     lru_reuse_ratio: Optional[float] = None
     lru_cache_blocks: Optional[int] = None

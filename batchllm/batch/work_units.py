@@ -41,7 +41,7 @@ from typing import Any, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
-from batchllm.prefix import PrefixAnalysis, TokenArrays, analyze_prefixes
+from batchllm.prefix import PrefixAnalysis, TokenArrays, analyze_prefixes, repeat_prompts
 
 Ints = Union[Sequence[int], np.ndarray]
 Dispatch = tuple[float, tuple[float, ...], tuple[tuple[int, ...], ...]]  # makespan, replica costs and units
@@ -226,22 +226,22 @@ def plan_from_analysis(
 
 
 def round_robin_prefill_tokens(
-    tokens: np.ndarray, offsets: np.ndarray, num_replicas: int, block_size: int = 16, **analysis_kw: Any
+    tokens: np.ndarray, offsets: np.ndarray, num_replicas: int, block_size: int = 16,
+    samples: Optional[Ints] = None, **analysis_kw: Any
 ) -> int:
     """Prefill tokens with rows spread round-robin (row i to replica i % N), each replica sharing prefixes
-    only among its own rows: the baseline that whole-group units are measured against."""
+    only among its own rows: the baseline that whole-group units are measured against. samples: n of each
+    row (its samples run together on its replica, as identical prompts); None: 1 each."""
     if num_replicas < 1:
         raise ValueError(f"num_replicas={num_replicas} must be >= 1")
     prompts = TokenArrays.from_any((np.asarray(tokens), np.asarray(offsets)))
-    lengths = prompts.lengths
+    counts = np.ones(prompts.num_prompts, np.int64) if samples is None else np.asarray(samples, dtype=np.int64)
     total = 0
     for r in range(min(num_replicas, prompts.num_prompts)):
-        rows = np.arange(r, prompts.num_prompts, num_replicas)
-        slice_offsets = np.r_[0, np.cumsum(lengths[rows])].astype(np.int64)
-        # Token j of the slice comes from its row's start plus j's distance from the row's slice start.
-        shift = np.repeat(prompts.offsets[rows] - slice_offsets[:-1], lengths[rows])
-        sliced = (prompts.tokens[shift + np.arange(slice_offsets[-1], dtype=np.int64)], slice_offsets)
-        total += analyze_prefixes(sliced, block_size=block_size, **analysis_kw).stats.prefill_tokens
+        mine = np.zeros_like(counts)  # replica r's rows, each as often as it runs; the others left out
+        mine[r::num_replicas] = counts[r::num_replicas]
+        analysis = analyze_prefixes(repeat_prompts(prompts, mine), block_size=block_size, **analysis_kw)
+        total += analysis.stats.prefill_tokens
     return int(total)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ class Request:
         self.arrival_index = arrival_index
         self.token_ids: list[int] = list(prompt_token_ids)  # prompt + generated, the tokens whose KV we compute
         self.output_logprobs: list[float] = []
+        self.output_top_logprobs: list[dict[int, float]] = []  # per position, the k most likely (logprobs=k >= 1)
         self.pending_token_row = -1  # row of its PENDING_TOKEN in the in-flight iteration's sampled tokens
         self.status = RequestStatus.WAITING
         self.num_computed_tokens = 0
@@ -56,6 +57,9 @@ class Request:
         self.metrics = RequestMetrics(arrival_time=time.monotonic())
         # Created by the sampler on the logits' device at the first draw (seeded requests only).
         self.generator: Optional[torch.Generator] = None
+        # A structured-output matcher (xgrammar's, made by engine/structured_outputs.py), advanced by the
+        # engine with each received token; None for unconstrained requests.
+        self.grammar: Optional[Any] = None
         # --- scheduling state (owned by the scheduler) ---
         self.priority = params.priority  # lower value runs first (vLLM convention)
         # Set on internal requests that only compute a group's shared prefix KV (they never decode).

@@ -151,13 +151,15 @@ class DataParallelExecutor:
             return
         offsets = requests.offsets
         lengths = np.diff(offsets)
-        self.prompt_tokens = int(lengths.sum())
+        # Every sample's prompt counts, as in the job's analysis: a round-robin ratio over the same total.
+        self.prompt_tokens = int((lengths * requests.samples_per_request()).sum())
         budgets = np.frombuffer(requests.output_budget, dtype=np.int64)
         self.plan = plan_from_analysis(analysis, lengths, budgets, len(self.slots),
                                        units_per_replica=self.options.units_per_replica)
         # Only the summary needs it, and at a million requests it takes as long as the analysis (33 s on 2
         # cores): it runs beside the dispatch instead of before it.
-        self.round_robin = threading.Thread(target=self._round_robin, args=(requests.tokens, offsets), daemon=True)
+        self.round_robin = threading.Thread(target=self._round_robin, args=(requests.tokens, offsets,
+                                           requests.samples_per_request()), daemon=True)
         self.round_robin.start()
         units = collections.deque(_Unit(u.unit_id, u.request_ids) for u in self.plan.units)
         next_unit_id = len(units)
@@ -216,8 +218,9 @@ class DataParallelExecutor:
             elif event[0] in ("ended", "failed"):
                 live.discard(index)
 
-    def _round_robin(self, tokens: np.ndarray, offsets: np.ndarray) -> None:
-        self.round_robin_prefill = round_robin_prefill_tokens(tokens, offsets, len(self.slots), self.facts.block_size)
+    def _round_robin(self, tokens: np.ndarray, offsets: np.ndarray, samples: np.ndarray) -> None:
+        self.round_robin_prefill = round_robin_prefill_tokens(tokens, offsets, len(self.slots), self.facts.block_size,
+                                                              samples)
 
     def _dispatch(self, units: collections.deque, requests: CompactRequests, offsets: np.ndarray) -> None:
         """Top up every ready replica: one unit waiting beyond what its engine runs (two when it runs none)."""

@@ -66,6 +66,8 @@ class EngineReplica:
 
         def next_batch(wait: bool):
             nonlocal busy, busy_since
+            if self.closed.is_set():
+                return None  # no more units: the engine finishes what it has, then the stream ends
             if wait:
                 busy += time.perf_counter() - busy_since
             try:
@@ -75,6 +77,7 @@ class EngineReplica:
             if wait:
                 busy_since = time.perf_counter()
             if item is None:
+                self.closed.set()  # seen while the engine still runs: remembered for when it is idle
                 return None
             unit_id, work = item
             unit_of_batch.append(unit_id)
@@ -88,7 +91,7 @@ class EngineReplica:
         for number, index, output in self.llm.run_stream(next_batch):
             unit_id = unit_of_batch[number]
             outputs[unit_id].append((index, replace(output, prompt_token_ids=[])))
-            generated += len(output.outputs[0].token_ids)
+            generated += sum(len(c.token_ids) for c in output.outputs)  # n samples: every one's tokens
             left[unit_id] -= 1
             if left[unit_id] == 0:
                 events.append(("outputs", unit_id, outputs.pop(unit_id)))

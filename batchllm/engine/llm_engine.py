@@ -14,6 +14,7 @@ from batchllm.config import EngineConfig, SchedulerConfig
 from batchllm.core.plan import SchedulerOutput
 from batchllm.core.request import Request, RequestStatus
 from batchllm.engine.stop_checker import StopChecker
+from batchllm.engine.structured_outputs import StructuredOutputs, needs_mask
 from batchllm.engine.trace import IterationTrace
 from batchllm.kv_cache.block_pool import BlockPool
 from batchllm.model.arch_config import ArchConfig
@@ -44,6 +45,8 @@ class LLMEngine:
         self.eos_token_ids = eos
         self.runner = ModelRunner(config, arch, eos, attention_backend)
         self.stop_checker = StopChecker(tokenizer, eos, config.max_model_len)
+        self.structured = StructuredOutputs(tokenizer, arch.vocab_size)
+        self._received_early: list[Request] = []  # finished while a step waited for tokens its masks need
         self._start_policy(config.scheduler)
 
     def reconfigure(
@@ -90,6 +93,8 @@ class LLMEngine:
         which the failure may have left half-done. Cached prefix blocks (vllm-like) are forgotten too.
         """
         self._in_flight = None
+        self._received_early = []
+        self.runner.sampler.logits_processors.reset()  # its slots hold the dropped requests
         counters = self.scheduler.counters
         try:
             if self.config.device.type == "cuda":
@@ -104,7 +109,13 @@ class LLMEngine:
         self, request_id: str, prompt: Optional[str], prompt_token_ids: list[int], params: SamplingParams, arrival_index: int
     ) -> Request:
         max_output = params.output_budget(len(prompt_token_ids), self.config.max_model_len)
-        return Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
+        if params.bad_words:  # LLM's validation did it already; here for requests that skipped it
+            problems = params.update_from_tokenizer(self.tokenizer)
+            if problems:
+                raise ValueError(f"request {request_id}: " + "; ".join(problems))
+        request = Request(request_id, prompt, prompt_token_ids, params, max_output, arrival_index)
+        self.structured.attach(request)
+        return request
 
     def add_requests(self, requests: list[Request]) -> None:
         """Queue a whole batch; the scheduler analyses its prefixes and orders it globally."""
@@ -140,7 +151,9 @@ class LLMEngine:
             previous, self._in_flight = self._in_flight, launched
         else:
             previous = launched
-        finished = self._receive(previous) if previous is not None else []
+        finished, self._received_early = self._received_early, []
+        if previous is not None:
+            finished += self._receive(previous)
         if launched is not None:
             # After _receive: the blocks it hashes must not hold pending tokens of the previous iteration.
             self.scheduler.on_step_done(plan)
@@ -151,13 +164,13 @@ class LLMEngine:
         for chunk in plan.chunks:
             if chunk.request.metrics.first_scheduled_time is None:
                 chunk.request.metrics.first_scheduled_time = now
-        sampled = self.runner.launch(plan, self._in_flight)
+        forward = self.runner.forward(plan, self._in_flight)
         self.num_iterations += 1
         # The trace splits work by prompt vs output tokens (what the prefill/decode reports count), which
         # is not the scheduler's "one-token step": a one-token prompt tail is prompt work. Read before the
         # scheduler records the launch.
         decode_tokens = plan.num_tokens_past_prompt
-        self.scheduler.on_launched(plan, sampled.chunks, sampled.token_positions)
+        self.scheduler.on_launched(plan, forward.chunks, forward.token_positions)  # the sampled tokens keep them
         self.trace.record(
             batch_tokens=plan.num_tokens,
             prefill_tokens=plan.num_tokens - decode_tokens,
@@ -167,11 +180,20 @@ class LLMEngine:
             kv_blocks_shared=self.pool.num_shared,
             preemptions=len(plan.preempted),
         )
-        return sampled
+        bitmask = None
+        if needs_mask(forward.chunks):
+            if self.config.overlap_scheduling and self._in_flight is not None:
+                # A constrained request's mask needs its previous token: read that iteration now, while the
+                # GPU runs this forward pass, and sample after (the mask fill overlaps the forward).
+                self._received_early += self._receive(self._in_flight)
+                self._in_flight = None
+            bitmask = self.structured.step_mask(forward.chunks, self.config.device)
+        return self.runner.sample(forward, bitmask)
 
     def _receive(self, sampled: SampledTokens) -> list[Request]:
         """Put an iteration's tokens in place of its PENDING_TOKENs; finish the requests that stop on them."""
         tokens, logprobs = sampled.to_host()
+        top = sampled.top_logprobs_to_host()  # (ids, logprobs) [rows][k], or None: no row asked for k >= 1
         finished = []
         now = time.monotonic()
         for i, (chunk, at, token) in enumerate(zip(sampled.chunks, sampled.token_positions, tokens)):
@@ -190,9 +212,15 @@ class LLMEngine:
                 del token_ids[at + 1 :]  # the stop check looks at the newest token
                 if logprobs is not None and request.params.logprobs is not None:
                     request.output_logprobs.append(logprobs[i])
+                    k = request.params.logprobs
+                    if k and top is not None:  # the batch's k is the largest asked: keep this request's k
+                        request.output_top_logprobs.append(dict(zip(top[0][i][:k], top[1][i][:k])))
                 if request.metrics.first_token_time is None:
                     request.metrics.first_token_time = now
                 stop = self._check_stop(request)
+                if request.grammar is not None and self.structured.accept(request, token) and not stop:
+                    # The constraint is complete (with ignore_eos too: nothing more would be accepted).
+                    request.finish_reason, stop = "stop", True
             if stop:
                 if request.error is not None:
                     self._mark_failed(request)
@@ -238,6 +266,7 @@ class LLMEngine:
             token_ids=request.output_token_ids,
             cumulative_logprob=sum(request.output_logprobs) if wants_logprobs else None,
             logprobs=list(request.output_logprobs) if wants_logprobs else None,
+            top_logprobs=list(request.output_top_logprobs) if request.params.logprobs else None,
             finish_reason=request.finish_reason,
             stop_reason=request.stop_reason,
         )

@@ -68,7 +68,8 @@ def _work_plan(requests, analysis, num_replicas: int, block_size: int) -> str:
     offsets = requests.offsets
     budgets = np.frombuffer(requests.output_budget, dtype=np.int64)
     plan = plan_from_analysis(analysis, np.diff(offsets), budgets, num_replicas)
-    round_robin = round_robin_prefill_tokens(requests.tokens, offsets, num_replicas, block_size)
+    round_robin = round_robin_prefill_tokens(requests.tokens, offsets, num_replicas, block_size,
+                                             requests.samples_per_request())
     return format_work_plan(plan, analysis.stats.prompt_tokens, analysis.stats.prefill_tokens, round_robin)
 
 

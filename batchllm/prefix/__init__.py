@@ -3,6 +3,7 @@
 
 from batchllm.prefix.analysis import analyze_prefixes
 from batchllm.prefix.lru_sim import LruResult, simulate_lru_prefix_cache
+from batchllm.prefix.samples import collapse_repeats, repeat_prompts
 from batchllm.prefix.token_arrays import TokenArrays
 from batchllm.prefix.tree import PrefixTree, build_prefix_tree
 from batchllm.prefix.types import Distribution, PrefixAnalysis, PrefixGroup, PrefixStats
@@ -17,5 +18,7 @@ __all__ = [
     "TokenArrays",
     "analyze_prefixes",
     "build_prefix_tree",
+    "collapse_repeats",
+    "repeat_prompts",
     "simulate_lru_prefix_cache",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Optional
 
 import torch
@@ -27,6 +28,7 @@ from batchllm.runner.input_batch import prepare_inputs
 from batchllm.runner.sampled_tokens import SampledTokens
 from batchllm.runner.sampler import Sampler
 from batchllm.runner.shared_segments import order_for_sharing
+from batchllm.structured.bitmasks import StepBitmask
 
 logger = logging.getLogger(__name__)
 
@@ -172,8 +174,10 @@ class ModelRunner:
         self._copy_blocks(plan.swap_in, to_host=False)
 
     @torch.inference_mode()
-    def launch(self, plan: SchedulerOutput, in_flight: Optional[SampledTokens] = None) -> SampledTokens:
-        """Swap blocks, queue the forward pass and the sampler on the GPU, start copying the tokens back.
+    def forward(self, plan: SchedulerOutput, in_flight: Optional[SampledTokens] = None) -> "LaunchedForward":
+        """Swap blocks and queue the forward pass; ``sample`` then queues the sampler and the copy of the
+        tokens back. Two calls, so that the engine can fill the token bitmasks that need the previous
+        iteration's tokens while the GPU computes this forward.
 
         `in_flight`: the previous iteration's tokens, which inputs still marked PENDING_TOKEN come from.
         """
@@ -187,5 +191,21 @@ class ModelRunner:
             logits = self.model(
                 inputs.input_ids, inputs.positions, self.kv_caches, inputs.meta, self.backend, inputs.logits_indices
             )
-        tokens, logprobs = self.sampler.sample(logits, [c.request for c in inputs.sampled_chunks])
-        return SampledTokens.start_copy(inputs.sampled_chunks, tokens, logprobs)
+        return LaunchedForward(inputs.sampled_chunks, logits)
+
+    @torch.inference_mode()
+    def sample(self, forward: "LaunchedForward", bitmask: Optional[StepBitmask] = None) -> SampledTokens:
+        """Queue the sampler on the forward's logits (masked rows first), start copying the tokens back."""
+        tokens, logprobs = self.sampler.sample(forward.logits, [c.request for c in forward.chunks], bitmask)
+        sampled = SampledTokens.start_copy(forward.chunks, tokens, logprobs)
+        sampled.token_positions = forward.token_positions
+        return sampled
+
+
+@dataclass
+class LaunchedForward:
+    """A queued forward pass: the chunks that sample (row order) and their logits, not yet sampled."""
+
+    chunks: list
+    logits: torch.Tensor
+    token_positions: list[int] = field(default_factory=list)  # where each row's token goes (the scheduler)

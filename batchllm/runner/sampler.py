@@ -8,7 +8,9 @@ import torch
 
 from batchllm.core.request import Request
 from batchllm.host_to_device import to_device
+from batchllm.runner.logits_processors import LogitsProcessors, SampledLogprobs
 from batchllm.sampling_params import MIN_SAMPLED_TEMPERATURE
+from batchllm.structured.bitmasks import StepBitmask, apply_bitmask
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -32,6 +34,7 @@ class Sampler:
         self.eos_token_ids = list(eos_token_ids)
         self.device = device
         self.generator = torch.Generator(device=device).manual_seed(seed)  # for requests without a seed
+        self.logits_processors = LogitsProcessors(device)  # penalties, biases, min_p, logprobs (and their state)
 
     def _banned_until_min_tokens(self, request: Request) -> list[int]:
         min_tokens = request.params.min_tokens
@@ -42,15 +45,19 @@ class Sampler:
             banned += self.eos_token_ids
         return banned
 
-    def sample(self, logits: torch.Tensor, requests: list[Request]) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def sample(self, logits: torch.Tensor, requests: list[Request], bitmask: Optional[StepBitmask] = None
+               ) -> tuple[torch.Tensor, Optional[SampledLogprobs]]:
         """Chosen token per row, and the chosen tokens' log-probabilities if any request asked, both on the
-        logits' device (the engine copies them to the host while the next iteration is being prepared)."""
+        logits' device (the engine copies them to the host while the next iteration is being prepared).
+        ``bitmask``: the structured-output rows' allowed tokens, applied before anything else."""
+        if bitmask is not None:
+            apply_bitmask(logits, bitmask)
         for row, request in enumerate(requests):
             banned = self._banned_until_min_tokens(request)
             if banned:
                 logits[row, banned] = float("-inf")
-        want_logprobs = any(r.params.logprobs is not None for r in requests)
-        logprobs_all = logits.log_softmax(dim=-1) if want_logprobs else None
+        # Biases, penalties and min_p in place, and the logprobs to return; None when no row uses any.
+        processed = self.logits_processors.apply(logits, requests)
 
         chosen = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
@@ -76,9 +83,7 @@ class Sampler:
                 else:
                     noise[j].exponential_(generator=generator)
             chosen[rows] = (probs / noise).argmax(dim=-1)
-        if logprobs_all is None:
-            return chosen, None
-        return chosen, logprobs_all.gather(1, chosen.unsqueeze(1)).squeeze(1)
+        return chosen, processed.finish(chosen) if processed is not None else None
 
     def _generator_for(self, request: Request) -> Optional[torch.Generator]:
         """The request's random stream; None if it cannot be made, with `request.error` set.

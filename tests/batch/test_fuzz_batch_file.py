@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
+from batchllm.batch.chat_bodies import CHAT_FIELDS
 from batchllm.batch.openai_format import DEFAULT_ONLY, IGNORED_FIELDS, SAMPLING_FIELDS
 from batchllm.batch.results_file import read_results
 
@@ -23,7 +24,7 @@ FUZZ_EXAMPLES = int(os.environ.get("BATCHLLM_FUZZ_EXAMPLES", "10"))
 FUZZ_SEED = os.environ.get("BATCHLLM_FUZZ_SEED")  # unset: derandomized (the same files on every CI run)
 LINES_PER_FILE = 40
 MAX_MODEL_LEN = 48  # keeps requests with a huge or absent max_tokens short
-BODY_FIELDS = sorted(SAMPLING_FIELDS | set(DEFAULT_ONLY) | IGNORED_FIELDS | {"priority", "unknown_field"})
+BODY_FIELDS = sorted(SAMPLING_FIELDS | set(DEFAULT_ONLY) | IGNORED_FIELDS | CHAT_FIELDS | {"priority", "unknown_field"})
 URLS = ["/v1/completions", "/v1/chat/completions", "/v1/embeddings", "", None]
 
 # Every code point, lone surrogates included (hypothesis leaves them out by default).

@@ -43,9 +43,9 @@ def test_overlap_matches_step_by_step(case, tiny_models):
     overlapped = LLM(path, overlap_scheduling=True, **TIGHT, **options)
     in_lockstep = LLM(path, overlap_scheduling=False, **TIGHT, **options)
     launches_with_tokens_in_flight = []
-    launch = overlapped.engine.runner.launch
-    overlapped.engine.runner.launch = lambda plan, in_flight=None: (
-        launches_with_tokens_in_flight.append(in_flight is not None), launch(plan, in_flight))[1]
+    forward = overlapped.engine.runner.forward
+    overlapped.engine.runner.forward = lambda plan, in_flight=None: (
+        launches_with_tokens_in_flight.append(in_flight is not None), forward(plan, in_flight))[1]
     for seed in range(4):
         batch = [{"prompt_token_ids": p} for p in mixed_prompts(seed=seed, count=18)]
         got, expected = _outputs(overlapped, batch, params), _outputs(in_lockstep, batch, params)

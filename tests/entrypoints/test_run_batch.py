@@ -71,13 +71,13 @@ def test_openai_body_mapping():
     assert p.max_tokens == 7 and p.stop_strings == ("x",) and p.top_p == 0.5
     assert p.temperature == 1.0  # OpenAI's default, not greedy
     p = sampling_params_from_body({"logprobs": 0, "stop": ["a", "b"], "seed": 3, "temperature": 0}, "completion", 100)
-    assert p.logprobs == 1 and p.stop_strings == ("a", "b") and p.seed == 3 and p.greedy
+    assert p.logprobs == 0 and p.stop_strings == ("a", "b") and p.seed == 3 and p.greedy  # k = 0 alternatives
     assert sampling_params_from_body({"frequency_penalty": 0, "stream": False}, "chat", 100).n == 1
-    for body, code in [({"n": 2}, "invalid_parameter"), ({"temperature": -1}, "invalid_parameter"),
-                       ({"frequency_penalty": 0.5}, "unsupported_parameter"), ({"foo": 1}, "unsupported_parameter"),
+    for body, code in [({"n": 129}, "invalid_parameter"), ({"temperature": -1}, "invalid_parameter"),
+                       ({"frequency_penalty": 2.5}, "invalid_parameter"), ({"foo": 1}, "unsupported_parameter"),
                        ({"max_tokens": "5"}, "invalid_parameter"), ({"stop": [1]}, "invalid_parameter"),
                        ({"max_tokens": 3, "max_completion_tokens": 4}, "invalid_parameter"),
-                       ({"logprobs": 5}, "unsupported_parameter"), ({"stream": True}, "unsupported_parameter")]:
+                       ({"logprobs": 21}, "invalid_parameter"), ({"stream": True}, "unsupported_parameter")]:
         with pytest.raises(RequestError) as info:
             sampling_params_from_body(body, "completion", 100)
         assert info.value.code == code, body
@@ -99,7 +99,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
         '{"custom_id": "broken", "body": {"prompt": "x"',  # malformed JSON: no custom_id can be read
         _completion("too-long", "word " * 400, max_tokens=3),
         {"custom_id": "bad-url", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x", "prompt": "x"}},
-        _completion("n-two", "hi", n=2, max_tokens=2),
+        _completion("n-too-many", "hi", n=129, max_tokens=2),  # n is 1..128
         _completion("unknown-field", "hi", max_tokens=2, best_of=3),
         _completion("cmpl-text", "a duplicate id", max_tokens=2),
         _chat("bad-content", 5, max_tokens=2),
@@ -114,7 +114,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
     assert len(results) == len(lines)
     ids = [r["custom_id"] for r in results]
     assert sorted(set(ids)) == sorted({"chat-greedy", "chat-sampled", "chat-seeded", "cmpl-text", "cmpl-ids",
-                                       "plain-prompt", unnamed, broken, "too-long", "bad-url", "n-two",
+                                       "plain-prompt", unnamed, broken, "too-long", "bad-url", "n-too-many",
                                        "unknown-field", "bad-content"})
     errors = {}
     for r in results:
@@ -124,7 +124,7 @@ def test_mixed_batch_with_bad_lines(tmp_path, text_model):
             assert err["code"] == r["error"]["code"] and err["message"] == r["error"]["message"]
             errors.setdefault(r["custom_id"], []).append(r["error"]["code"])
     assert errors == {broken: ["invalid_request"], "too-long": ["context_length_exceeded"],
-                      "bad-url": ["unsupported_url"], "n-two": ["invalid_parameter"],
+                      "bad-url": ["unsupported_url"], "n-too-many": ["invalid_parameter"],
                       "unknown-field": ["unsupported_parameter"], "cmpl-text": ["duplicate_custom_id"],
                       "bad-content": ["invalid_parameter"]}
     ok = {r["custom_id"]: r for r in results if r["error"] is None}
