@@ -245,3 +245,14 @@ def test_bad_words_ban_one_token_words_and_refuse_longer_ones(text_model):
     with pytest.raises(ValueError, match="bad_words: need the tokenizer"):
         LLM(text_model, device="cpu", skip_tokenizer_init=True).generate(
             prompt, SamplingParams(bad_words=[word]), use_tqdm=False)
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_min_tokens_keeps_the_stop_token_out_of_the_first_min_tokens(tiny_models, overlap):
+    """Only tokens 7 and 9 may be sampled and 9 is strongly preferred, but it stops the request: with
+    min_tokens=5 the output is five 7s, then the 9."""
+    llm = LLM(tiny_models["llama"], device="cpu", skip_tokenizer_init=True, overlap_scheduling=overlap)
+    params = SamplingParams(temperature=0, max_tokens=20, min_tokens=5, stop_token_ids=[9],
+                            allowed_token_ids=[7, 9], logit_bias={9: 100.0})
+    out = llm.generate([{"prompt_token_ids": [1, 2, 3, 4]}], params, use_tqdm=False)[0].outputs[0]
+    assert out.token_ids == [7, 7, 7, 7, 7, 9] and out.finish_reason == "stop"

@@ -28,7 +28,7 @@ from batchllm.batch.structured_fields import STRUCTURED_FIELDS, structured_outpu
 from batchllm.batch.chat_bodies import CHAT_FIELDS, chat_options_from_body
 from batchllm.chat import ChatInputError, ChatOptions
 from batchllm.chat import normalize_messages as normalize_chat_messages
-from batchllm.batch.openai_sampling import PROCESSING_FIELDS, SamplingFieldError, logprobs_block, processing_kwargs
+from batchllm.batch.openai_sampling import PROCESSING_FIELDS, logprobs_block, processing_kwargs
 from batchllm.sampling_params import SamplingParams, is_int, is_number
 
 CHAT_URL = "/v1/chat/completions"
@@ -142,10 +142,7 @@ def sampling_params_from_body(
     for key in ("ignore_eos", "skip_special_tokens", "include_stop_str_in_output"):
         if body.get(key) is not None and not isinstance(body[key], bool):
             raise RequestError("invalid_parameter", f"{key}={_short(body[key])} must be true or false", key)
-    try:
-        processing = processing_kwargs(body, kind)  # logprobs, penalties, biases, min_p, allowed_token_ids
-    except SamplingFieldError as err:
-        raise RequestError(err.code, err.message, err.param) from err
+    processing = processing_kwargs(body, kind)  # logprobs, penalties, biases, min_p, allowed_token_ids
     logprobs = processing.pop("logprobs")
     kwargs: dict[str, Any] = dict(
         n=body.get("n") if body.get("n") is not None else 1,

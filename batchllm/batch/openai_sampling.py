@@ -14,33 +14,16 @@ Response: chat ``choices[i].logprobs = {"content": [{"token", "logprob", "bytes"
 
 from __future__ import annotations
 
-import reprlib
 from typing import Any, Callable, Optional
 
+from batchllm.batch.request_errors import RequestError as SamplingFieldError
+from batchllm.batch.request_errors import short_repr as _short
 from batchllm.sampling_params import MAX_LOGPROBS, is_int, is_number
 
 PROCESSING_FIELDS = frozenset({"presence_penalty", "frequency_penalty", "repetition_penalty", "logit_bias",
                                "min_p", "allowed_token_ids", "top_logprobs"})
 # JSON has no -inf: a masked token's logprob is written as this (vLLM's OpenAI server does the same).
 MIN_JSON_LOGPROB = -9999.0
-
-
-class SamplingFieldError(ValueError):
-    """A bad field: (code, message, param), as ``openai_format.RequestError`` takes them."""
-
-    def __init__(self, code: str, message: str, param: str) -> None:
-        super().__init__(message)
-        self.code, self.message, self.param = code, message, param
-
-
-_REPR = reprlib.Repr()  # keyword arguments only from Python 3.12
-_REPR.maxstring = _REPR.maxother = 60
-_REPR.maxlist = _REPR.maxdict = 8
-
-
-def _short(value: Any) -> str:
-    """repr of a field value for an error message, cut short (a bad field may be megabytes long)."""
-    return _REPR.repr(value)
 
 
 def processing_kwargs(body: dict, kind: str) -> dict[str, Any]:

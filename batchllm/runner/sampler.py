@@ -38,7 +38,9 @@ class Sampler:
 
     def _banned_until_min_tokens(self, request: Request) -> list[int]:
         min_tokens = request.params.min_tokens
-        if not min_tokens or request.num_output_tokens >= min_tokens:
+        # The scheduler has already given this row's token its PENDING_TOKEN place (the launch is recorded
+        # before sampling): the tokens before it are one fewer than num_output_tokens.
+        if not min_tokens or request.num_output_tokens - 1 >= min_tokens:
             return []
         banned = list(request.params.stop_token_ids)
         if not request.params.ignore_eos:
