@@ -38,7 +38,7 @@ QUESTIONS = ["Describe a person who lives abroad.", "Review a cheap umbrella.", 
 def _line(i: int) -> dict:
     kind = i % 4
     body = {"messages": [{"role": "user", "content": f"{QUESTIONS[kind]} (item {i}) Answer in JSON."}],
-            "max_tokens": 80, "temperature": 0}
+            "max_tokens": 128, "temperature": 0}
     if kind < 3:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": f"s{kind}", "schema": SCHEMAS[kind]}}
     else:
