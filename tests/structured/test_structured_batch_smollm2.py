@@ -31,13 +31,15 @@ TAGS = {"type": "object", "properties": {
     "valid": {"type": "boolean"}},
     "required": ["tags", "valid"], "additionalProperties": False}
 SCHEMAS = [PERSON, REVIEW, TAGS]
+# The json_object question asks for a small object: any object is valid there, and an open question lets
+# this 135M model write one long string until max_tokens ("Give me some data." did).
 QUESTIONS = ["Describe a person who lives abroad.", "Review a cheap umbrella.", "Tag a photo of an apple.",
-             "Give me some data."]
+             'Return a JSON object with the keys "id" (the number {i}) and "ok" (true).']
 
 
 def _line(i: int) -> dict:
     kind = i % 4
-    body = {"messages": [{"role": "user", "content": f"{QUESTIONS[kind]} (item {i}) Answer in JSON."}],
+    body = {"messages": [{"role": "user", "content": f"{QUESTIONS[kind].format(i=i)} (item {i}) Answer in JSON."}],
             "max_tokens": 128, "temperature": 0}
     if kind < 3:
         body["response_format"] = {"type": "json_schema", "json_schema": {"name": f"s{kind}", "schema": SCHEMAS[kind]}}
