@@ -28,6 +28,11 @@ def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def not_token_ids(values: Any, vocab_size: int) -> list:
+    """The entries of ``values`` that are not token ids (ints in [0, vocab_size))."""
+    return [t for t in values if not is_int(t) or not 0 <= t < vocab_size]
+
+
 def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -199,7 +204,7 @@ class SamplingParams:
         errors += self._logits_processing_errors(vocab_size)
         if not all(isinstance(s, str) and s for s in self._stop_strings):
             errors.append(f"stop: {self.stop!r} must be non-empty strings")
-        bad = [t for t in self.stop_token_ids if not is_int(t) or not 0 <= t < vocab_size]
+        bad = not_token_ids(self.stop_token_ids, vocab_size)
         if bad:
             errors.append(f"stop_token_ids: {bad} are not token ids (ints in the vocabulary [0, {vocab_size}))")
         if not is_int(self.priority) or not INT64_MIN <= self.priority <= INT64_MAX:
@@ -232,7 +237,7 @@ class SamplingParams:
             if not isinstance(bias, dict):
                 errors.append(f"logit_bias: {type(bias).__name__} must be a dict {{token id: bias}}")
             else:
-                keys = [t for t in bias if not is_int(t) or not 0 <= t < vocab_size]
+                keys = not_token_ids(bias, vocab_size)
                 if keys:
                     errors.append(f"logit_bias: keys {keys[:5]} are not token ids (ints in the vocabulary "
                                   f"[0, {vocab_size}))")
@@ -244,7 +249,7 @@ class SamplingParams:
             if isinstance(allowed, (str, bytes)) or not isinstance(allowed, Sequence) or not allowed:
                 errors.append(f"allowed_token_ids: {allowed!r} must be a non-empty list of token ids (or None)")
             else:
-                bad = [t for t in allowed if not is_int(t) or not 0 <= t < vocab_size]
+                bad = not_token_ids(allowed, vocab_size)
                 if bad:
                     errors.append(f"allowed_token_ids: {bad[:5]} are not token ids (ints in the vocabulary "
                                   f"[0, {vocab_size}))")

@@ -92,15 +92,18 @@ def hf_greedy(model_path: str, prompts: list[list[int]], max_new_tokens: int, **
         ids = torch.tensor([prompt])
         generated = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                    do_sample=False, pad_token_id=model.config.eos_token_id)
-        out = generated[0, len(prompt):].tolist()
-        eos = model.generation_config.eos_token_id
-        eos = {eos} if isinstance(eos, int) else set(eos or [])
-        for i, t in enumerate(out):  # transformers pads after EOS; we stop at it
-            if t in eos:
-                out = out[: i + 1]
-                break
-        outputs.append(out)
+        outputs.append(cut_after_eos(model, generated[0, len(prompt):].tolist()))
     return outputs
+
+
+def cut_after_eos(model, tokens: list[int]) -> list[int]:
+    """transformers pads after EOS; we stop at it: the tokens up to and including the first EOS."""
+    eos = model.generation_config.eos_token_id
+    eos = {eos} if isinstance(eos, int) else set(eos or [])
+    for i, t in enumerate(tokens):
+        if t in eos:
+            return tokens[: i + 1]
+    return tokens
 
 
 def mixed_prompts(seed: int, count: int, vocab: int = 999) -> list[list[int]]:

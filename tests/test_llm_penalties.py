@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, LogitsProcessor, LogitsProcessorL
 
 from batchllm import LLM, SamplingParams
 from batchllm.runner.logits_processors import LogitsProcessors
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, cut_after_eos
 
 TIGHT = dict(device="cpu", skip_tokenizer_init=True, block_size=4, num_kv_blocks=40, max_num_batched_tokens=24,
              max_model_len=160)
@@ -80,13 +80,7 @@ def hf_reference(model, prompt: list[int], params: SamplingParams, max_new_token
         sequence_bias={(t,): b for t, b in params.logit_bias.items()} if params.logit_bias else None,
         logits_processor=processors, return_dict_in_generate=True, output_scores=True,
     )
-    tokens = out.sequences[0, len(prompt):].tolist()
-    eos = model.generation_config.eos_token_id
-    eos = {eos} if isinstance(eos, int) else set(eos or [])
-    for i, t in enumerate(tokens):  # transformers pads after EOS; we stop at it
-        if t in eos:
-            tokens = tokens[: i + 1]
-            break
+    tokens = cut_after_eos(model, out.sequences[0, len(prompt):].tolist())
     return tokens, [s[0] for s in out.scores[: len(tokens)]]
 
 

@@ -19,6 +19,11 @@ from batchllm.prefix.token_arrays import TokenArraysBuilder
 from batchllm.sampling_params import SamplingParams
 
 
+def with_seed(params: SamplingParams, seed: int) -> SamplingParams:
+    """Interned params with a request's derived seed (seed < 0: none was derived; the params keep theirs)."""
+    return params if seed < 0 else dataclasses.replace(params, seed=seed)
+
+
 class CompactRequests(TokenArraysBuilder):
     """Request i: custom_ids[i], kind(i), params(i), model(i), tokens[offsets[i]:offsets[i + 1]]."""
 
@@ -64,9 +69,7 @@ class CompactRequests(TokenArraysBuilder):
         self.output_budget.append(min(budget * params.n, 2**63 - 1))
 
     def params(self, i: int) -> SamplingParams:
-        params = self._params[self.param_index[i]]
-        seed = self.seeds[i]
-        return params if seed < 0 else dataclasses.replace(params, seed=int(seed))
+        return with_seed(self._params[self.param_index[i]], int(self.seeds[i]))
 
     def samples_per_request(self) -> np.ndarray:
         """``n`` of each request (int64): how many samples, i.e. engine requests of one prompt, it runs as."""
@@ -120,5 +123,4 @@ class RequestSlice:
 
     def params_list(self) -> list[SamplingParams]:
         table = self.param_table
-        return [table[k] if seed < 0 else dataclasses.replace(table[k], seed=seed)
-                for k, seed in zip(self.param_index.tolist(), self.seeds.tolist())]
+        return [with_seed(table[k], seed) for k, seed in zip(self.param_index.tolist(), self.seeds.tolist())]

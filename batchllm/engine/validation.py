@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from batchllm.sampling_params import SamplingParams
+from batchllm.sampling_params import SamplingParams, not_token_ids
 
 
 def prompt_errors(index: int, token_ids: list[int], vocab_size: int, max_model_len: int) -> list[str]:
@@ -36,7 +36,7 @@ def _bad_token_ids(token_ids: list[int], vocab_size: int) -> list:
             ids = None
         if ids is not None and (len(ids) == 0 or (ids.min() >= 0 and ids.max() < vocab_size)):
             return []
-    return [t for t in token_ids if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size]
+    return not_token_ids(token_ids, vocab_size)
 
 
 def sampling_errors(index: int, params: Any, vocab_size: int) -> list[str]:
