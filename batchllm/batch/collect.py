@@ -59,7 +59,8 @@ class _Pending:
 
 class _Collector:
     def __init__(self, tokenizer, vocab_size: int, max_model_len: int, resume: ResumeState,
-                 manifest: Optional[InputManifest], options: CollectOptions, emit_error: EmitError) -> None:
+                 manifest: Optional[InputManifest], options: CollectOptions, emit_error: EmitError,
+                 structured=None) -> None:
         self.tokenizer = tokenizer
         self.vocab_size = vocab_size
         self.max_model_len = max_model_len
@@ -72,7 +73,9 @@ class _Collector:
         self.auto_occurrences: dict[int, int] = {}
         self.pending: list[_Pending] = []
         self.pending_texts = 0
-        self.grammars = None  # a structured.GrammarCompiler, made for the first constrained line
+        # The engine's StructuredOutputs when it runs in this process (its compiled constraints are the ones
+        # the run uses), else one made for the first constrained line.
+        self.structured = structured
 
     def name(self, record: RequestRecord) -> tuple[str, Optional[RequestError]]:
         if record.custom_id is None:
@@ -122,7 +125,7 @@ class _Collector:
         request = batch_request_from_record(record, custom_id, self.vocab_size, self.options.seed,
                                             self.options.default_max_tokens)
         if request.params.structured_outputs is not None:
-            self.check_constraint(request.params.structured_outputs)
+            self.check_constraint(request.params)
         tokenizer = self.tokenizer
         if request.kind == "chat":
             if tokenizer is None:
@@ -143,16 +146,16 @@ class _Collector:
             self.pending.append(_Pending(request, request.text, True, None))
             self.pending_texts += 1
 
-    def check_constraint(self, spec) -> None:
+    def check_constraint(self, params) -> None:
         """An output constraint that cannot compile is this line's error (each distinct one compiles once)."""
         if self.tokenizer is None:
             raise RequestError("invalid_request", "structured outputs need the model's tokenizer (the job runs "
                                "with --skip-tokenizer-init)", "response_format")
-        if self.grammars is None:
-            from batchllm.structured import GrammarCompiler
+        if self.structured is None:
+            from batchllm.engine.structured_outputs import StructuredOutputs
 
-            self.grammars = GrammarCompiler(self.tokenizer, self.vocab_size)
-        problem = self.grammars.problem(spec)
+            self.structured = StructuredOutputs(self.tokenizer, self.vocab_size)
+        problem = self.structured.problem(params)
         if problem is not None:
             raise RequestError("invalid_request", f"the output constraint is invalid: {problem}", "response_format")
 
@@ -197,9 +200,12 @@ class _Collector:
 
 def collect_requests(path: str, tokenizer, vocab_size: int, max_model_len: int, resume: ResumeState,
                      manifest: Optional[InputManifest], options: CollectOptions,
-                     emit_error: EmitError) -> CollectedInput:
-    """Stream the input: name each line, skip what the output has, report bad requests, keep runnable ones."""
-    collector = _Collector(tokenizer, vocab_size, max_model_len, resume, manifest, options, emit_error)
+                     emit_error: EmitError, structured=None) -> CollectedInput:
+    """Stream the input: name each line, skip what the output has, report bad requests, keep runnable ones.
+
+    structured: the engine's ``StructuredOutputs`` when it runs in this process, so that constraints are
+    compiled once for checking and running (default: the collector makes its own)."""
+    collector = _Collector(tokenizer, vocab_size, max_model_len, resume, manifest, options, emit_error, structured)
     for record in read_request_records(path, progress=options.progress):
         collector.add(record)
     collector.flush()

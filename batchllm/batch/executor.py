@@ -30,6 +30,7 @@ class ModelFacts:
     vocab_size: int
     max_model_len: int
     block_size: int
+    structured: Any = None  # the engine's StructuredOutputs when the engine runs in this process
 
     @classmethod
     def load(cls, model: str, tokenizer: Optional[str] = None, max_model_len: Optional[int] = None,
@@ -69,7 +70,7 @@ class LocalExecutor:
         self.max_requests_per_pass = max_requests_per_pass
         config = llm.config
         self.facts = ModelFacts(config.model, llm.get_tokenizer(), llm.vocab_size, config.max_model_len,
-                                config.cache.block_size)
+                                config.cache.block_size, llm.engine.structured)
 
     def kv_blocks(self) -> Optional[int]:
         return self.llm.num_kv_blocks

@@ -127,7 +127,7 @@ def run_batch_job(engine: Union["LLM", RequestExecutor], input_path: str, result
             summary.count_error(custom_id, error)
 
         collected = collect_requests(input_path, tokenizer, facts.vocab_size, facts.max_model_len,
-                                     resume, manifest, options.collect_options(), emit_error)
+                                     resume, manifest, options.collect_options(), emit_error, facts.structured)
         _check_belongs_here(results.path, resume, collected, options, log)
         # Decided: from here on the output changes.
         if overwrite:
