@@ -9,7 +9,7 @@ import torch
 
 from batchllm.core.request import Request
 from batchllm.sampling_params import SamplingParams
-from batchllm.structured.bitmasks import BitmaskFiller, StepBitmask
+from batchllm.structured.bitmasks import BitmaskFiller, PendingBitmask, StepBitmask
 from batchllm.structured.grammars import GrammarCompiler, StructuredOutputError
 
 
@@ -47,28 +47,40 @@ class StructuredOutputs:
         if request.params.structured_outputs is not None:
             request.grammar = self.compiler.matcher(request.params.structured_outputs)
 
-    def step_mask(self, chunks: list, device: torch.device) -> Optional[StepBitmask]:
-        """The bitmask of a step's sampled rows (row order of ``chunks``) for the constrained requests that
-        go on; None when none does. Needs every earlier token of those requests received."""
+    def _masked_rows(self, chunks: list) -> tuple[list[int], list[Any]]:
         rows, matchers = [], []
         for row, chunk in enumerate(chunks):
             request = chunk.request
             if request.grammar is not None and not request.is_finished and not request.grammar.is_terminated():
                 rows.append(row)
                 matchers.append(request.grammar)
-        if not matchers:
-            return None
+        return rows, matchers
+
+    @property
+    def filler(self) -> BitmaskFiller:
         self.compiler  # noqa: B018 -- the filler is made with it
-        return self._filler.fill(matchers, rows, len(chunks), device)
+        return self._filler
+
+    def step_mask(self, chunks: list, device: torch.device) -> Optional[StepBitmask]:
+        """The bitmask of a step's sampled rows (row order of ``chunks``) for the constrained requests that
+        go on; None when none does. Needs every earlier token of those requests received."""
+        rows, matchers = self._masked_rows(chunks)
+        return self.filler.fill(matchers, rows, len(chunks), device) if matchers else None
+
+    def start_step_mask(self, chunks: list, device: torch.device) -> Optional[PendingBitmask]:
+        """``step_mask`` filled in a worker thread while the caller goes on; None when no row is masked.
+        Until its ``result``, no token may be accepted for these requests."""
+        rows, matchers = self._masked_rows(chunks)
+        return self.filler.start_fill(matchers, rows, len(chunks), device) if matchers else None
+
+    def accept(self, requests: list[Request], tokens: list[int]) -> list[int]:
+        """Advance each request's matcher by its new token: ACCEPTED, COMPLETE (the constraint is
+        satisfied: stop) or REJECTED (a bug), per request; in worker threads for many rows."""
+        return self.filler.accept([r.grammar for r in requests], tokens)
 
     @staticmethod
-    def accept(request: Request, token: int) -> bool:
-        """Advance the request's matcher by its new token; True when the constraint is complete (stop)."""
-        matcher = request.grammar
-        if not matcher.accept_token(token):
-            request.error = f"the structured-output constraint rejected token {token} (a bug: please report)"
-            return True
-        return matcher.is_terminated()
+    def rejection(token: int) -> str:
+        return f"the structured-output constraint rejected token {token} (a bug: please report)"
 
 
 def needs_mask(chunks: list) -> bool:
