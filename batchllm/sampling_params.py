@@ -11,8 +11,7 @@ SAMPLING_EPS = 1e-5
 # Temperatures in [SAMPLING_EPS, MIN_SAMPLED_TEMPERATURE) are sampled at MIN_SAMPLED_TEMPERATURE (vLLM's
 # _MAX_TEMP): logits / 1e-5 can reach inf in half precision, and the softmax of inf - inf is NaN.
 MIN_SAMPLED_TEMPERATURE = 1e-2
-# seed and priority must fit torch's int64 (torch.iinfo(torch.long)), the range vLLM's OpenAI server accepts;
-# torch.Generator.manual_seed raises outside it, which would happen mid-batch.
+# seed and priority must fit torch's int64 (torch.iinfo(torch.long)), the range vLLM's OpenAI server accepts.
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # The most top logprobs a request may ask for per position (vLLM's default max_logprobs, OpenAI's top_logprobs).
 MAX_LOGPROBS = 20

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np
-import torch
 
 from batchllm.outputs import RequestMetrics
 from batchllm.sampling_params import SamplingParams
@@ -55,8 +54,6 @@ class Request:
         self.output_text: Optional[str] = None  # set at finish (or when a stop string is found)
         self.stop_text_cache: tuple[int, int] = (-1, 0)  # (output tokens, decoded text length) at the last check
         self.metrics = RequestMetrics(arrival_time=time.monotonic())
-        # Created by the sampler on the logits' device at the first draw (seeded requests only).
-        self.generator: Optional[torch.Generator] = None
         # A structured-output matcher (xgrammar's, made by engine/structured_outputs.py), advanced by the
         # engine with each received token; None for unconstrained requests.
         self.grammar: Optional[Any] = None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from typing import Optional, Sequence
 
 import torch
 
 from batchllm.core.request import Request
 from batchllm.host_to_device import to_device
+from batchllm.runner.gumbel_sampling import gumbel_argmax_reference, split_seed
 from batchllm.runner.logits_processors import LogitsProcessors, SampledLogprobs
 from batchllm.sampling_params import MIN_SAMPLED_TEMPERATURE
 from batchllm.structured.bitmasks import StepBitmask, apply_bitmask
@@ -29,11 +31,21 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(1, sorted_idx, sorted_logits)
 
 
+def gumbel_argmax(logits: torch.Tensor, inv_temperature: torch.Tensor, seed_lo: torch.Tensor, seed_hi: torch.Tensor,
+                  step: torch.Tensor) -> torch.Tensor:
+    """One sampled token per row (``gumbel_sampling``): the Triton kernel on a GPU, the reference elsewhere."""
+    if logits.device.type != "cuda":
+        return gumbel_argmax_reference(logits, inv_temperature, seed_lo, seed_hi, step)
+    from batchllm.runner.gumbel_kernel import gumbel_argmax_triton
+
+    return gumbel_argmax_triton(logits, inv_temperature, seed_lo, seed_hi, step)
+
+
 class Sampler:
     def __init__(self, eos_token_ids: Sequence[int], seed: int, device: torch.device) -> None:
         self.eos_token_ids = list(eos_token_ids)
         self.device = device
-        self.generator = torch.Generator(device=device).manual_seed(seed)  # for requests without a seed
+        self.unseeded = random.Random(seed)  # the seeds of requests without one
         self.logits_processors = LogitsProcessors(device)  # penalties, biases, min_p, logprobs (and their state)
 
     def _banned_until_min_tokens(self, request: Request) -> list[int]:
@@ -64,44 +76,39 @@ class Sampler:
         chosen = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
         if random_rows:
-            rows = to_device(random_rows, torch.int64, logits.device)
+            everyone = len(random_rows) == len(requests)
+            rows = None if everyone else to_device(random_rows, torch.int64, logits.device)
             params = [requests[i].params for i in random_rows]
-            # Clamped where we divide: a tiny temperature would make the scaled logits inf and the softmax NaN.
+            # Clamped where we divide: a tiny temperature would make the scaled logits inf.
             temperatures = [max(p.temperature, MIN_SAMPLED_TEMPERATURE) for p in params]
-            temps = to_device(temperatures, logits.dtype, logits.device)
-            scaled = logits[rows] / temps.unsqueeze(1)
+            picked = logits if everyone else logits[rows]
             if any(p.top_k > 0 or p.top_p < 1.0 for p in params):
+                temps = to_device(temperatures, logits.dtype, logits.device)
                 top_k = to_device([p.top_k for p in params], torch.int64, logits.device)
                 top_p = to_device([p.top_p for p in params], logits.dtype, logits.device)
-                scaled = apply_top_k_top_p(scaled, top_k, top_p)
-            probs = scaled.softmax(dim=-1)
-            # Exponential race (argmax p/E, E~Exp(1)) samples from p; one draw per row keeps seeded rows
-            # independent of what else is in the batch.
-            noise = torch.empty_like(probs)
-            for j, row in enumerate(random_rows):
-                generator = self._generator_for(requests[row])
-                if generator is None:
-                    noise[j].fill_(1.0)  # its token is dropped; drawing from the shared stream would shift others'
-                else:
-                    noise[j].exponential_(generator=generator)
-            chosen[rows] = (probs / noise).argmax(dim=-1)
+                picked = apply_top_k_top_p(picked / temps.unsqueeze(1), top_k, top_p)
+                temperatures = [1.0] * len(params)
+            seeds = [self._seed_of(requests[i]) for i in random_rows]
+            drawn = gumbel_argmax(
+                picked,
+                to_device([1.0 / t for t in temperatures], torch.float32, logits.device),
+                to_device([lo for lo, _, _ in seeds], torch.int64, logits.device),
+                to_device([hi for _, hi, _ in seeds], torch.int64, logits.device),
+                to_device([step for _, _, step in seeds], torch.int64, logits.device),
+            )
+            if everyone:
+                chosen = drawn
+            else:
+                chosen[rows] = drawn
         return chosen, processed.finish(chosen) if processed is not None else None
 
-    def _generator_for(self, request: Request) -> Optional[torch.Generator]:
-        """The request's random stream; None if it cannot be made, with `request.error` set.
-
-        A failure here concerns this request alone (e.g. a seed that slipped past validation): its row
-        gets a placeholder token, and the engine finishes it with finish_reason "error" when that token
-        arrives (dropping it), so the rest of the batch goes on.
-        """
+    def _seed_of(self, request: Request) -> tuple[int, int, int]:
+        """The row's noise key (seed low and high 32 bits, draw index). A seeded request's key is its seed
+        and the index of the output token it draws: the same tokens in any batch, after preemption too.
+        Without a seed, a fresh seed from the sampler's stream."""
         if request.params.seed is None:
-            return self.generator
-        if request.generator is None:
-            try:
-                request.generator = torch.Generator(device=self.device).manual_seed(request.params.seed)
-            except Exception as err:  # torch raises ValueError/RuntimeError/TypeError depending on the value
-                if request.error is None:
-                    request.error = (f"seed={request.params.seed!r}: could not seed the sampler "
-                                     f"({type(err).__name__}: {err})")
-                return None
-        return request.generator
+            lo, hi = split_seed(self.unseeded.getrandbits(64))
+            return lo, hi, 0
+        lo, hi = split_seed(request.params.seed)
+        # The launch is recorded before sampling: the tokens before this row's are one fewer.
+        return lo, hi, (request.num_output_tokens - 1) & 0xFFFFFFFF

@@ -22,7 +22,7 @@ CASES = {
                                    SamplingParams(temperature=0.8, seed=3, max_tokens=12, logprobs=0, min_tokens=3)),
     "vllm-like-stops": (dict(scheduling="vllm-like", preemption_mode="recompute"),
                         SamplingParams(temperature=0.9, top_p=0.8, seed=5, max_tokens=10,
-                                       stop_token_ids=[5, 7, 9, 11, 13, 17])),
+                                       stop_token_ids=list(range(3, 1000, 10)))),  # a tenth of the vocabulary
     # Urgent requests preempt running ones, which may be admitted again in the same iteration while
     # their newest token is still in flight.
     "batchllm-priorities": (dict(scheduling="batchllm"),

@@ -46,13 +46,20 @@ def test_tiny_temperatures_sample_finite_valid_tokens_in_half_precision():
     assert chosen.tolist() == logits.float().argmax(-1).tolist()
 
 
-def test_a_seed_torch_rejects_fails_only_its_own_row():
+def test_a_seeded_row_draws_the_same_tokens_in_any_batch():
+    """Any int seed works (reduced mod 2**64); a row's draw depends on its seed and draw index only."""
     from batchllm.runner.sampler import Sampler
     from batchllm.sampling_params import SamplingParams
 
-    requests = [_request(0, SamplingParams(temperature=1.0, seed=2**64)), _request(1, SamplingParams(seed=5))]
-    sampler = Sampler([49], seed=0, device=torch.device("cpu"))
-    chosen, _ = sampler.sample(torch.randn(2, 50), requests)
-    assert chosen.shape == (2,)
-    assert requests[0].error is not None and "seed=18446744073709551616" in requests[0].error
-    assert requests[1].error is None and requests[1].generator is not None
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(1))
+    seeds = (2**64, 5, -3, None)
+    alone = []
+    for row, seed in enumerate(seeds[:3]):
+        sampler = Sampler([49], seed=0, device=torch.device("cpu"))
+        chosen, _ = sampler.sample(logits[row:row + 1].clone(), [_request(row, SamplingParams(temperature=1.0, seed=seed))])
+        alone.append(int(chosen[0]))
+    mixed = [_request(i, SamplingParams(temperature=1.0 if i < 3 else 0.0, seed=s)) for i, s in enumerate(seeds)]
+    sampler = Sampler([49], seed=7, device=torch.device("cpu"))
+    chosen, _ = sampler.sample(logits.flip(0).clone(), mixed[::-1])  # reversed: every row elsewhere
+    assert chosen.tolist()[::-1][:3] == alone
+    assert all(r.error is None for r in mixed)
