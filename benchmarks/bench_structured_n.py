@@ -41,6 +41,20 @@ def timed(llm: LLM, prompts, params) -> dict:
             "generated_tok_per_s": round(generated / seconds, 1), "outputs": outs}
 
 
+def phase_times(trace, first_row: int) -> dict:
+    """Seconds and iterations of the run's iterations with prompt work and of its pure-decode ones, and the
+    rows a decode iteration ran (each row's time is the gap to the next launch)."""
+    t = trace.column("time_s")[first_row:]
+    dt = np.diff(t)
+    prefill = trace.column("prefill_tokens")[first_row:-1]
+    decode = trace.column("decode_tokens")[first_row:-1]
+    pure = prefill == 0
+    return {"prefill_iterations": int((~pure).sum()), "prefill_s": round(float(dt[~pure].sum()), 2),
+            "decode_iterations": int(pure.sum()), "decode_s": round(float(dt[pure].sum()), 2),
+            "decode_rows_mean": round(float(decode[pure].mean()), 1) if pure.any() else 0,
+            "decode_ms_mean": round(float(dt[pure].mean() * 1e3), 2) if pure.any() else 0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("model")
@@ -99,12 +113,15 @@ def main() -> None:
             f.write(json.dumps({"prompt_token_ids": p, "max_tokens": args.n_max_tokens, "n": args.n}) + "\n")
     trace = llm.engine.trace
     before = int(trace.column("prefill_tokens").sum())
+    before_iterations = len(trace)
     n_run = timed(llm, [{"prompt_token_ids": p} for p in n_prompts],
                   [SamplingParams(n=args.n, temperature=1.0, seed=i, max_tokens=args.n_max_tokens, ignore_eos=True)
                    for i in range(len(n_prompts))])
     n_run.pop("outputs")
+    n_run["iterations"] = len(trace) - before_iterations
     n_run["prefill_tokens"] = int(trace.column("prefill_tokens").sum()) - before
     n_run["prompt_tokens_once"] = args.n_prompts * args.n_prompt_len
+    n_run["phases"] = phase_times(trace, first_row=len(trace) - n_run["iterations"])
     rows[f"n{args.n}"] = n_run
     with open(os.path.join(args.out, "structured_n.json"), "w") as f:
         json.dump(rows, f, indent=2)
