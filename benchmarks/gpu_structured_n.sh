@@ -11,9 +11,9 @@ M=benchmarks/models/llama-3.1-8b
 if [[ ! -d /root/site/vllm ]]; then
   (cd /root/peer && cat p?? | tar x && python3 -m pip install -q --no-index --no-deps --no-compile --target /root/site ./*.whl)
 fi
-PYTHONPATH=/root/site python3 benchmarks/bench_structured_n.py $M .peer/smollm2-tok $OUT > $OUT/ours.log 2>&1
+PYTHONPATH=/root/site:$PWD python3 benchmarks/bench_structured_n.py $M .peer/smollm2-tok $OUT > $OUT/ours.log 2>&1
 echo "ours rc=$?"
 tail -1 $OUT/ours.log
-PYTHONPATH=/root/site python3 benchmarks/peer_vllm_n.py $M $OUT/n_samples.jsonl > $OUT/vllm.log 2>&1
+PYTHONPATH=/root/site:$PWD python3 benchmarks/peer_vllm_n.py $M $OUT/n_samples.jsonl > $OUT/vllm.log 2>&1
 echo "vllm rc=$?"
 grep '"peer"' $OUT/vllm.log
