@@ -60,8 +60,8 @@ def test_sampled_json_object_parses_and_constraints_compile_once(llm_pair):
     spec = Constraint(json={"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
                             "additionalProperties": False})
     before = llm.engine.structured.compiler.compilations
-    outs = llm.generate(_prompts(8), [SamplingParams(temperature=1.0, seed=i, max_tokens=60, structured_outputs=spec)
-                                     for i in range(8)], use_tqdm=False)
+    outs = llm.generate(_prompts(16), [SamplingParams(temperature=1.0, seed=i, max_tokens=100, structured_outputs=spec)
+                                      for i in range(16)], use_tqdm=False)
     for o in outs:
         if o.outputs[0].finish_reason == "stop":
             assert isinstance(json.loads(o.outputs[0].text)["n"], int)
