@@ -166,15 +166,15 @@ def test_failed_decode_of_one_output_fails_only_that_output(tiny_models, monkeyp
     _assert_clean(llm)
 
 
-def test_unseedable_request_fails_alone(tiny_models):
-    """run_encoded trusts its caller's validation; a seed torch rejects still fails only its request."""
+def test_a_seed_outside_the_validated_range_still_samples_alone(tiny_models):
+    """run_encoded trusts its caller's validation; the sampler reduces any int seed mod 2**64 (its noise is
+    hashed from it), so a seed validation would refuse still runs, and the rest of the batch is untouched."""
     llm = LLM(tiny_models["qwen2"], **TIGHT)
     encoded = [(None, p["prompt_token_ids"]) for p in _batch(1, count=5)]
     params = [GREEDY] * 5
     params[1] = SamplingParams(temperature=0.8, seed=2**64, max_tokens=10)
     outputs = dict(llm.run_encoded(encoded, params))
-    assert outputs[1].outputs[0].finish_reason == "error" and outputs[1].outputs[0].token_ids == []
-    assert "seed=18446744073709551616" in outputs[1].error
+    assert outputs[1].error is None and len(outputs[1].outputs[0].token_ids) > 0
     clean = LLM(tiny_models["qwen2"], **TIGHT).generate(_batch(1, count=5), GREEDY, use_tqdm=False)
     for i in (0, 2, 3, 4):
         assert outputs[i].error is None and outputs[i].outputs[0].token_ids == clean[i].outputs[0].token_ids
