@@ -73,10 +73,11 @@ class Sampler:
         # Biases, penalties and min_p in place, and the logprobs to return; None when no row uses any.
         processed = self.logits_processors.apply(logits, requests)
 
-        chosen = logits.argmax(dim=-1)
         random_rows = [i for i, r in enumerate(requests) if not r.params.greedy]
+        everyone = len(random_rows) == len(requests)
+        # The greedy rows' argmax: skipped when every row samples (a full pass over [rows, vocab]).
+        chosen = None if everyone and random_rows else logits.argmax(dim=-1)
         if random_rows:
-            everyone = len(random_rows) == len(requests)
             rows = None if everyone else to_device(random_rows, torch.int64, logits.device)
             params = [requests[i].params for i in random_rows]
             # Clamped where we divide: a tiny temperature would make the scaled logits inf.
