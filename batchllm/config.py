@@ -58,6 +58,55 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+# KV cache element types by option value (None: the model dtype).
+KV_CACHE_DTYPES: dict[str, Optional[torch.dtype]] = {
+    "auto": None,
+    "fp8": torch.float8_e4m3fn,
+    "fp8_e4m3": torch.float8_e4m3fn,
+}
+
+
+def check_kv_cache_dtype(kv_cache_dtype: str, device: torch.device) -> None:
+    """ValueError when `device` cannot run a KV cache of this kind: FP8 on a GPU needs compute capability
+    8.9+ (Triton's fp8e4nv: Ada, Hopper and later). On CPU it runs through the reference attention."""
+    if KV_CACHE_DTYPES.get(kv_cache_dtype) is None or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(
+            f"kv_cache_dtype={kv_cache_dtype!r} needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
+            f"{torch.cuda.get_device_name(device)} is {major}.{minor}; use kv_cache_dtype='auto'"
+        )
+
+
+# Values of the `quantization` option (None: none, unless the checkpoint is itself FP8).
+QUANTIZATIONS = (None, "fp8")
+
+
+def resolve_quantization(quantization: Optional[str], checkpoint_is_fp8: bool) -> Optional[str]:
+    """The quantization an engine runs with: the one asked for; unset, "fp8" for a checkpoint stored in FP8
+    (as vLLM reads quantization_config), else None. ValueError for a value not in QUANTIZATIONS."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
+    return "fp8" if quantization is None and checkpoint_is_fp8 else quantization
+
+
+def check_quantization(quantization: Optional[str], device: torch.device) -> None:
+    """ValueError when `device` cannot run this quantization: FP8 GEMMs need FP8 tensor cores, compute
+    capability 8.9+ (Ada, Hopper and later). On CPU the reference path (dequantize, then matmul) runs."""
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
+    if quantization is None or device.type != "cuda":
+        return
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < (8, 9):
+        raise ValueError(
+            f"quantization={quantization!r} needs a GPU of compute capability 8.9 or newer (Ada, Hopper; FP8 tensor "
+            f"cores); {torch.cuda.get_device_name(device)} is {major}.{minor}; leave quantization unset with a "
+            "bf16/fp16 checkpoint"
+        )
+
+
 @dataclass(frozen=True)
 class CacheConfig:
     """How the paged KV cache is sized.
@@ -69,6 +118,8 @@ class CacheConfig:
     gpu_memory_is_share: gpu_memory_utilization is this engine's share of a GPU that other engines share
         (data-parallel replicas with a fraction of a GPU each): the KV budget is the share minus what this
         process holds. Off, the budget also gives up whatever other processes hold when it is measured.
+    kv_cache_dtype: "auto" stores KV in the model dtype; "fp8" (= "fp8_e4m3") in float8_e4m3fn with a
+        per-layer K and V scale (the checkpoint's k_scale / v_scale, else 1.0): half the bytes, twice the blocks.
     """
 
     block_size: int = 16
@@ -76,6 +127,7 @@ class CacheConfig:
     cpu_kv_cache_bytes: int = 1 << 30
     num_kv_blocks: Optional[int] = None
     gpu_memory_is_share: bool = False
+    kv_cache_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
@@ -86,6 +138,8 @@ class CacheConfig:
             raise ValueError(f"cpu_kv_cache_bytes={self.cpu_kv_cache_bytes} must be positive")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
             raise ValueError(f"num_kv_blocks={self.num_kv_blocks} must be at least 1")
+        if not isinstance(self.kv_cache_dtype, str) or self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype={self.kv_cache_dtype!r} is not supported; use one of {list(KV_CACHE_DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -172,8 +226,11 @@ class EngineConfig:
     overlap_scheduling: bool = True
     cache: CacheConfig = field(default_factory=CacheConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    # "fp8": the decoder's linear layers in float8_e4m3fn (W8A8, model/fp8.py); None: the model dtype.
+    quantization: Optional[str] = None
 
     def __post_init__(self) -> None:
+        check_quantization(self.quantization, self.device)
         if self.load_format not in ("auto", "dummy"):
             raise ValueError(f"load_format={self.load_format!r} is not supported; use 'auto' or 'dummy'")
         if self.max_model_len < 1:
@@ -183,3 +240,9 @@ class EngineConfig:
                 f"max_num_batched_tokens={self.scheduler.max_num_batched_tokens} is below max_model_len="
                 f"{self.max_model_len}; enable chunked prefill or raise max_num_batched_tokens"
             )
+        check_kv_cache_dtype(self.cache.kv_cache_dtype, self.device)
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The KV cache's element type: the model dtype, or float8_e4m3fn (cache.kv_cache_dtype)."""
+        return KV_CACHE_DTYPES[self.cache.kv_cache_dtype] or self.dtype

@@ -15,6 +15,7 @@ from batchllm.config import (
     resolve_device,
     resolve_dtype,
     resolve_max_model_len,
+    resolve_quantization,
 )
 from batchllm.engine.llm_engine import LLMEngine
 from batchllm.engine.samples import SampleFanOut, sample_params, sample_request_id
@@ -55,6 +56,8 @@ class LLM:
         enforce_eager: bool = False,
         overlap_scheduling: bool = True,
         scheduling: str = "batchllm",
+        kv_cache_dtype: str = "auto",
+        quantization: Optional[str] = None,
         **scheduler_options: Any,
     ) -> None:
         """Load the model and size the KV cache.
@@ -65,6 +68,11 @@ class LLM:
         multi_level, min_shared_len, memory_threshold, preemption_mode, swap_space_bytes).
         gpu_memory_is_share: gpu_memory_utilization is this engine's share of a GPU that other engines
         share (see CacheConfig).
+        kv_cache_dtype: "auto" (the model dtype) or "fp8" / "fp8_e4m3" (float8_e4m3fn KV with per-layer
+        scales, twice the blocks; GPUs of compute capability 8.9+, or the CPU's reference attention).
+        quantization: "fp8" runs the decoder's linear layers in FP8 (weights quantized per output channel at
+        load, activations per token, FP8 tensor cores; GPUs of compute capability 8.9+, or the CPU's slow
+        reference path); None: the model dtype, unless the checkpoint is stored in FP8 (then "fp8").
         """
         arch = load_arch_config(model)
         torch_device = resolve_device(device)
@@ -80,7 +88,9 @@ class LLM:
             seed=seed,
             enforce_eager=enforce_eager,
             overlap_scheduling=overlap_scheduling,
-            cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks, gpu_memory_is_share),
+            quantization=resolve_quantization(quantization, arch.fp8_checkpoint is not None),
+            cache=CacheConfig(block_size, gpu_memory_utilization, cpu_kv_cache_bytes, num_kv_blocks, gpu_memory_is_share,
+                              kv_cache_dtype=kv_cache_dtype),
             scheduler=SchedulerConfig.preset(
                 scheduling,
                 max_num_batched_tokens=max_num_batched_tokens,

@@ -1,20 +1,21 @@
 """Attention backend interface: the model calls one object, the runner picks the implementation by name.
 
-A backend declares what it can do (`supports_shared_prefix`, `supports_cuda_graphs`) and the runner
-asks those abilities instead of guessing from names or attributes. A backend that supports CUDA graphs
+A backend declares what it can do (`supports_shared_prefix`, `supports_cuda_graphs`, `supports_fp8_kv`)
+and the runner asks those abilities instead of guessing from names or attributes. A backend that supports CUDA graphs
 also hands the graph runner a `GraphPlanner`: what a graph of pure-decode batches with shared segments
 fixes (its shape), what to pin before capture and what to refill before each replay.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import torch
 
 from batchllm.attention.kv_store import write_kv_cache
 from batchllm.attention.metadata import AttentionMetadata, SharedPrefixMetadata
 from batchllm.attention.reference import paged_attention_reference
+from batchllm.kv_cache.fp8 import is_fp8
 
 
 class GraphShape(Protocol):
@@ -48,6 +49,8 @@ class AttentionBackend(Protocol):
     supports_shared_prefix: bool
     # Pure-decode forward passes may be captured as CUDA graphs and replayed.
     supports_cuda_graphs: bool
+    # Reads (and writes) a float8_e4m3fn KV cache with its per-head scales (kv_cache/fp8.py).
+    supports_fp8_kv: bool
 
     def forward(
         self,
@@ -64,9 +67,10 @@ class AttentionBackend(Protocol):
 
     def precompile(
         self, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-        block_size: int,
+        block_size: int, kv_dtype: Optional[torch.dtype] = None,
     ) -> None:  # fmt: skip
-        """Compile (JIT) every kernel variant a run can need, at engine start rather than mid-run."""
+        """Compile (JIT) every kernel variant a run can need, at engine start rather than mid-run
+        (`kv_dtype`: the cache's element type when it is not the query's `dtype`, e.g. FP8)."""
         ...
 
     def init_capture_graph(
@@ -84,12 +88,13 @@ class ReferenceBackend:
     name = "reference"
     supports_shared_prefix = False  # ignores meta.shared (benchmarks may set it to lay batches out anyway)
     supports_cuda_graphs = False
+    supports_fp8_kv = True  # dequantizes the gathered KV, then attends in fp32
 
     def forward(self, query, key, value, k_cache, v_cache, meta, scale):
         write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         return paged_attention_reference(query, k_cache, v_cache, meta, scale)
 
-    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
+    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size, kv_dtype=None) -> None:
         pass  # plain PyTorch: nothing to compile
 
     def init_capture_graph(self, *args, **kwargs) -> GraphPlanner:
@@ -119,6 +124,15 @@ def register_attention_backend(name: str, factory: Callable[[], AttentionBackend
 
 def attention_backend_names() -> list[str]:
     return list(_REGISTRY)
+
+
+def check_kv_cache_support(backend: AttentionBackend, kv_dtype: torch.dtype, kv_cache_dtype: str) -> None:
+    """ValueError when `backend` cannot use a cache of `kv_dtype` (the engine's `kv_cache_dtype` option)."""
+    if is_fp8(kv_dtype) and not getattr(backend, "supports_fp8_kv", False):
+        raise ValueError(
+            f"attention backend {backend.name!r} cannot read an FP8 KV cache (kv_cache_dtype={kv_cache_dtype!r}); "
+            "use kv_cache_dtype='auto', or a backend with supports_fp8_kv ('reference', 'triton', 'triton-unfused')"
+        )
 
 
 def get_attention_backend(name: str) -> AttentionBackend:

@@ -1,6 +1,7 @@
 """PyTorch reference of prefix-shared ("cascade") attention: the oracle of the fused Triton kernel.
 
-The computation the fused Triton kernel must match, done the simple way (fp32):
+The computation the fused Triton kernel must match, done the simple way (fp32; an FP8 cache is
+dequantized with its scales first):
 
 1. every segment s: the stacked queries of all its members (query tokens [seg_q_start, seg_q_end),
    all heads) attend the segment's KV [seg_kv_start, seg_kv_end) of seg_block_tables[s] with no
@@ -19,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from batchllm.attention.metadata import AttentionMetadata
-from batchllm.attention.reference import gather_kv
+from batchllm.attention.reference import gather_kv_float
 
 
 def attend_with_lse(
@@ -51,7 +52,8 @@ def merge_partials(outs: torch.Tensor, lses: torch.Tensor) -> torch.Tensor:
 
 
 def _gather_range(cache: torch.Tensor, block_table: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    return gather_kv(cache, block_table, end)[start:end]
+    """KV positions [start, end) of a block list as float32 (an FP8 cache dequantized)."""
+    return gather_kv_float(cache, block_table, end)[start:end]
 
 
 def shared_prefix_attention_reference(

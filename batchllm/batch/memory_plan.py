@@ -16,11 +16,11 @@ DEFAULT_BATCHED_TOKENS = 8192  # LLM's default token budget of one iteration wit
 
 def memory_plan(arch: ArchConfig, dtype: torch.dtype, device: torch.device, cache: CacheConfig, max_model_len: int,
                 max_num_batched_tokens: Optional[int], max_num_seqs: Optional[int],
-                requests: CompactRequests) -> dict[str, Any]:
+                requests: CompactRequests, quantization: Optional[str] = None) -> dict[str, Any]:
     """Weights, activations, KV pool and concurrency of the job (the engine profiles activations at load)."""
     dtype_bytes = torch.finfo(dtype).bits // 8
-    weights = arch.num_params() * dtype_bytes
-    kv_per_token = arch.kv_bytes_per_token(dtype_bytes)
+    weights = arch.weight_bytes(dtype_bytes, fp8_linears=quantization == "fp8")  # fp8: decoder linears 1 byte
+    kv_per_token = arch.kv_bytes_per_token(dtype_bytes if cache.kv_cache_dtype == "auto" else 1)  # fp8: 1 byte
     batched = max_num_batched_tokens or DEFAULT_BATCHED_TOKENS
     # Activations of the largest iteration: hidden states, q/k/v, MLP intermediates; logits of sampled rows.
     activations = batched * (6 * arch.hidden_size + arch.q_size + 2 * arch.kv_size + 3 * arch.intermediate_size) \
@@ -28,7 +28,8 @@ def memory_plan(arch: ArchConfig, dtype: torch.dtype, device: torch.device, cach
     plan: dict[str, Any] = {"device": str(device), "dtype": str(dtype).replace("torch.", ""),
                             "params": arch.num_params(), "weights_bytes": weights, "kv_bytes_per_token": kv_per_token,
                             "activation_bytes_estimate": activations, "max_model_len": max_model_len,
-                            "block_size": cache.block_size}
+                            "block_size": cache.block_size, "kv_cache_dtype": cache.kv_cache_dtype,
+                            "quantization": quantization}
     if device.type == "cuda":
         _, total = torch.cuda.mem_get_info(device)
         budget = int(total * cache.gpu_memory_utilization) - weights - activations
@@ -63,7 +64,8 @@ def format_memory_plan(p: dict) -> str:
     lines = [
         "memory plan (estimate; no model loaded)",
         f"  device / dtype        {p['device']} / {p['dtype']}",
-        f"  weights               {p['params'] / 1e6:,.1f} M parameters = {p['weights_bytes'] / gib:.2f} GiB",
+        f"  weights               {p['params'] / 1e6:,.1f} M parameters = {p['weights_bytes'] / gib:.2f} GiB"
+        + (" (decoder linears in FP8)" if p.get("quantization") == "fp8" else ""),
         f"  activations           ~{p['activation_bytes_estimate'] / gib:.2f} GiB (largest iteration; profiled at load on GPU)",
         f"  KV cache per token    {p['kv_bytes_per_token'] / 1024:.1f} KiB",
         f"  KV pool               {p['kv_pool_bytes'] / gib:.2f} GiB = {p['kv_pool_blocks']:,} blocks of {p['block_size']} "

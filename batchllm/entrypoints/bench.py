@@ -28,6 +28,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="count cap of the vllm-like configurations")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--quantization", default=None, choices=("fp8",),
+                   help="fp8: FP8 linear layers (the floor then counts their FLOPs at the measured FP8 matmul rate)")
     p.add_argument("--compare", default="batchllm", help="comma-separated configurations (first = ratio base)")
     p.add_argument("--hf-requests", type=int, default=0, help="also time transformers generate_batch on N requests")
     p.add_argument("--write-workload", default=None, help="save the generated workload JSONL here")
@@ -68,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     llm = LLM(args.model, load_format=args.load_format, dtype=args.dtype, device=args.device,
               skip_tokenizer_init=True, max_model_len=args.max_model_len or max(longest + 1, 4096),
               max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
-              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager)
+              gpu_memory_utilization=args.gpu_memory_utilization, enforce_eager=args.enforce_eager,
+              quantization=args.quantization)
     warm = make_workload("noshare", 8, arch.vocab_size, seed=1)
     llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts],
                  SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result), flush=True)
     hf = None
     device = llm.config.device
+    fp8 = llm.config.quantization == "fp8"  # asked for, or the checkpoint's own
     if args.hf_requests:
         del llm
         if device.type == "cuda":
@@ -94,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
         hf = run_transformers_baseline(args.model, workload, hf_dtype, args.hf_requests, device=str(device))
         print(json.dumps(hf), flush=True)
     peers = _peer_rows(args.peer_results, workload) if args.peer_results else []
-    rates = measure_device_rates(device)
-    floor = workload_floor(workload, arch, rates, block_size=16)
+    rates = measure_device_rates(device, fp8=fp8)
+    floor = workload_floor(workload, arch, rates, block_size=16, fp8_linears=fp8)
     _print_table(workload, results + peers, hf, floor, rates, device)
     if args.out:
         with open(args.out, "w") as f:
@@ -142,6 +146,9 @@ def _print_table(workload, results, hf, floor, rates, device) -> None:
               f"{r.get('reuse_ratio', float('nan')):>7.3f}{r.get('iterations', 0):>7}"
               f"{r.get('mean_tokens_per_iteration', 0):>8.0f}{r.get('peak_kv_blocks', 0):>8}{r.get('preemptions', 0):>8}"
               f"{pct:>8.1f}{r.get('jit_compiles', 0):>5}")
-    print(f"floor: {floor.flops / 1e12:.1f} TFLOP over {rates.matmul_flops_per_s / 1e12:.0f} TFLOP/s = "
+    fp8_rate = rates.fp8_matmul_flops_per_s
+    rate_text = f"{rates.matmul_flops_per_s / 1e12:.0f} TFLOP/s" + ("" if fp8_rate != fp8_rate else
+                                                                   f" (linears: FP8 {fp8_rate / 1e12:.0f})")
+    print(f"floor: {floor.flops / 1e12:.1f} TFLOP over {rate_text} = "
           f"{floor.compute_s:.2f} s; {floor.bytes / 1e9:.1f} GB over {rates.copy_bytes_per_s / 1e9:.0f} GB/s = "
           f"{floor.memory_s:.2f} s")

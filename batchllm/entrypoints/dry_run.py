@@ -15,7 +15,7 @@ from batchllm.batch.summary import BatchSummary
 
 
 def dry_run(args: argparse.Namespace, model: str, max_model_len: Optional[int], options: JobOptions) -> int:
-    from batchllm.config import CacheConfig, resolve_device, resolve_dtype, resolve_max_model_len
+    from batchllm.config import CacheConfig, resolve_device, resolve_dtype, resolve_max_model_len, resolve_quantization
     from batchllm.entrypoints.analyze import format_text
     from batchllm.model.arch_config import load_arch_config
     from batchllm.model.tokenizer import load_tokenizer
@@ -26,7 +26,8 @@ def dry_run(args: argparse.Namespace, model: str, max_model_len: Optional[int], 
         max_model_len = resolve_max_model_len(arch.max_position_embeddings, arch.sliding_window, max_model_len)
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, arch.torch_dtype, device)
-        cache = CacheConfig(args.block_size, args.gpu_memory_utilization)
+        cache = CacheConfig(args.block_size, args.gpu_memory_utilization, kv_cache_dtype=args.kv_cache_dtype)
+        quantization = resolve_quantization(args.quantization, arch.fp8_checkpoint is not None)
         resume, manifest = ResumeState(), None
         if not args.overwrite and os.path.exists(args.output):
             resume, manifest = scan_output(args.output), InputManifest.load(manifest_path(args.output))
@@ -38,7 +39,7 @@ def dry_run(args: argparse.Namespace, model: str, max_model_len: Optional[int], 
                                  options.collect_options(), summary.count_error)
     requests = collected.requests
     plan = memory_plan(arch, dtype, device, cache, max_model_len, args.max_num_batched_tokens, args.max_num_seqs,
-                       requests)
+                       requests, quantization)
     analysis = analyse(requests, args.block_size, plan["kv_pool_blocks"]) if len(requests) else None
     stats = analysis.stats.to_dict() if analysis is not None else _empty_stats(args.block_size)
     report = {"file": args.input, **stats, "lru_cache_tokens": plan["kv_pool_blocks"] * args.block_size,

@@ -75,6 +75,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0,
                    help="job seed; a sampled request without 'seed' gets one derived from it and its custom_id")
     e.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (power of two)")
+    e.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8", "fp8_e4m3"),
+                   help="auto: KV in the model dtype; fp8 (= fp8_e4m3): float8 e4m3 with per-layer scales, twice "
+                        "the KV blocks (GPUs of compute capability 8.9+, or the CPU)")
+    e.add_argument("--quantization", default=None, choices=("fp8",),
+                   help="fp8: the decoder's linear layers in FP8 (weights per channel, quantized at load; activations "
+                        "per token; GPUs of compute capability 8.9+, or the CPU's slow reference); default: none, "
+                        "or the checkpoint's own FP8")
     e.add_argument("--skip-tokenizer-init", action="store_true",
                    help="load no tokenizer (a model folder without one): token-id prompts only, outputs without text")
     e.add_argument("--scheduling", choices=("batchllm", "vllm-like"), default="batchllm",
@@ -205,7 +212,7 @@ def llm_kwargs(args, model: str, max_model_len: Optional[int]) -> dict:
     return dict(model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
                 max_model_len=max_model_len, seed=args.seed,
                 block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
-                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                 skip_tokenizer_init=args.skip_tokenizer_init, scheduling=args.scheduling,
                 **scheduler_overrides(args))
 

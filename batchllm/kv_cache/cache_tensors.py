@@ -1,12 +1,17 @@
-"""The per-layer KV tensors and how many blocks fit in the memory we may use."""
+"""The per-layer KV tensors and how many blocks fit in the memory we may use.
+
+`dtype` here is the cache's element type: the model dtype, or float8_e4m3fn for an FP8 cache (one byte an
+element, so twice the blocks in the same memory; its scales are in fp8.py).
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Optional, Protocol
 
 import torch
 
 from batchllm.config import CacheConfig
+from batchllm.kv_cache.fp8 import CheckpointKVScales, attach_layer_scales, is_fp8
 
 
 class KVShape(Protocol):
@@ -36,13 +41,18 @@ def gpu_kv_budget_bytes(device: torch.device, utilization: float, is_share: bool
 
 
 def allocate_kv_cache(
-    arch: KVShape, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    arch: KVShape, num_blocks: int, block_size: int, dtype: torch.dtype, device: torch.device,
+    scales: Optional[CheckpointKVScales] = None,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """(K, V) of every layer, zeroed; an FP8 cache gets each layer's scales (`scales`, else 1.0)."""
     shape = (num_blocks, block_size, arch.num_kv_heads, arch.head_dim)
-    return [
+    caches = [
         (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
         for _ in range(arch.num_layers)
     ]
+    if is_fp8(dtype):
+        attach_layer_scales(caches, scales)
+    return caches
 
 
 def allocate_host_kv_cache(

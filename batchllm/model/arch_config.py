@@ -7,6 +7,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
+from batchllm.model.fp8_checkpoint import Fp8CheckpointFormat, parse_quantization_config
 from batchllm.model.tokenizer import gguf_hf_config, is_gguf_path
 
 # architecture name in config.json -> (family, q/k RMSNorm, qkv bias default)
@@ -38,6 +39,8 @@ class ArchConfig:
     sliding_window: Optional[int]
     torch_dtype: Optional[str]
     eos_token_ids: tuple[int, ...]
+    # The checkpoint's own FP8 format (config.json quantization_config); None for a full-precision one.
+    fp8_checkpoint: Optional[Fp8CheckpointFormat] = None
 
     @property
     def q_size(self) -> int:
@@ -50,14 +53,24 @@ class ArchConfig:
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 2 * self.num_layers * self.kv_size * dtype_bytes
 
-    def num_params(self) -> int:
+    def linear_params(self) -> int:
+        """Parameters of the decoder layers' linear layers (what quantization='fp8' stores in one byte each)."""
         per_layer = (
             self.hidden_size * (self.q_size + 2 * self.kv_size)
             + self.q_size * self.hidden_size
             + 3 * self.hidden_size * self.intermediate_size
         )
+        return self.num_layers * per_layer
+
+    def num_params(self) -> int:
         embed = self.vocab_size * self.hidden_size * (1 if self.tie_word_embeddings else 2)
-        return self.num_layers * per_layer + embed
+        return self.linear_params() + embed
+
+    def weight_bytes(self, dtype_bytes: int, fp8_linears: bool = False) -> int:
+        """Bytes of the weights in a `dtype_bytes` dtype; with fp8_linears, the decoder linears take one byte
+        a parameter (their per-channel scales are negligible) and the embeddings / lm_head stay in the dtype."""
+        linear = self.linear_params()
+        return linear * (1 if fp8_linears else dtype_bytes) + (self.num_params() - linear) * dtype_bytes
 
 
 def _as_id_tuple(value: Any) -> tuple[int, ...]:
@@ -85,7 +98,7 @@ def _rope_params(cfg: dict) -> tuple[float, Optional[dict]]:
     return float(cfg.get("rope_theta", 10000.0)), scaling
 
 
-def arch_config_from_dict(cfg: dict, generation_eos: tuple[int, ...] = ()) -> ArchConfig:
+def arch_config_from_dict(cfg: dict, generation_eos: tuple[int, ...] = (), model: str = "") -> ArchConfig:
     archs = cfg.get("architectures") or []
     arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
     if arch is None:
@@ -123,6 +136,7 @@ def arch_config_from_dict(cfg: dict, generation_eos: tuple[int, ...] = ()) -> Ar
         sliding_window=int(sliding) if sliding else None,
         torch_dtype=cfg.get("torch_dtype") or cfg.get("dtype"),
         eos_token_ids=eos,
+        fp8_checkpoint=parse_quantization_config(cfg.get("quantization_config"), model),
     )
 
 
@@ -145,7 +159,7 @@ def load_arch_config(model: str) -> ArchConfig:
     if os.path.isfile(gen_path):
         with open(gen_path) as f:
             generation_eos = _as_id_tuple(json.load(f).get("eos_token_id"))
-    return arch_config_from_dict(cfg, generation_eos)
+    return arch_config_from_dict(cfg, generation_eos, model)
 
 
 _GGUF_MODEL_TYPES = {

@@ -47,7 +47,8 @@ class DecodeGraphs:
         device: torch.device,
     ) -> None:
         self.model, self.kv_caches, self.backend = model, kv_caches, backend
-        self.dtype = kv_caches[0][0].dtype
+        # The attention's query dtype (the activations'): not the cache's, which may be FP8.
+        self.dtype = model.embed_tokens.weight.dtype
         self.device = device
         self.heads = (model.cfg.num_heads, model.cfg.num_kv_heads, model.cfg.head_dim)
         self.buckets = [b for b in DEFAULT_BUCKETS if b <= max_batch] or [1]

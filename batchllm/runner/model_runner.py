@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from batchllm.attention.backend import get_attention_backend
+from batchllm.attention.backend import check_kv_cache_support, get_attention_backend
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.config import EngineConfig
 from batchllm.core.plan import SchedulerOutput
@@ -21,6 +21,7 @@ from batchllm.kv_cache.cache_tensors import (
     kv_bytes_per_block,
     num_blocks_for_budget,
 )
+from batchllm.kv_cache.fp8 import storage_view
 from batchllm.model.arch_config import ArchConfig
 from batchllm.model.loader import load_model
 from batchllm.runner.cuda_graphs import MAX_SHARED_LEVELS, DecodeGraphs
@@ -40,20 +41,24 @@ class ModelRunner:
         self.device = config.device
         self.block_size = config.cache.block_size
         self.model = load_model(
-            config.model, arch, config.max_model_len, config.dtype, config.device, config.load_format, config.seed
-        )
+            config.model, arch, config.max_model_len, config.dtype, config.device, config.load_format, config.seed,
+            quantization=config.quantization,
+        )  # fmt: skip
         self.backend = get_attention_backend(attention_backend)
+        check_kv_cache_support(self.backend, config.kv_dtype, config.cache.kv_cache_dtype)
         self.sampler = Sampler(eos_token_ids, config.seed, config.device)
         self.num_blocks = self._decide_num_blocks()
         use_graphs = self.device.type == "cuda" and not config.enforce_eager and self.backend.supports_cuda_graphs
         # One extra block, never handed to requests, takes the writes of CUDA-graph padding rows.
+        # An FP8 cache takes the checkpoint's KV scales (kv_cache/fp8.py), which the loader collects.
         self.kv_caches = allocate_kv_cache(
-            arch, self.num_blocks + int(use_graphs), self.block_size, config.dtype, self.device
-        )
-        block_bytes = kv_bytes_per_block(arch, self.block_size, config.dtype)
+            arch, self.num_blocks + int(use_graphs), self.block_size, config.kv_dtype, self.device,
+            getattr(self.model, "kv_cache_scales", None),
+        )  # fmt: skip
+        block_bytes = kv_bytes_per_block(arch, self.block_size, config.kv_dtype)
         self.num_host_blocks = config.scheduler.swap_space_bytes // block_bytes
         self.host_kv_caches = (
-            allocate_host_kv_cache(arch, self.num_host_blocks, self.block_size, config.dtype, self.device)
+            allocate_host_kv_cache(arch, self.num_host_blocks, self.block_size, config.kv_dtype, self.device)
             if self.num_host_blocks
             else []
         )
@@ -72,11 +77,13 @@ class ModelRunner:
             arch = self.arch
             self.backend.precompile(
                 arch.num_heads, arch.num_kv_heads, arch.head_dim, self.config.dtype, self.device,
-                self.block_size,
+                self.block_size, kv_dtype=self.config.kv_dtype,
             )  # fmt: skip
 
     def set_attention_backend(self, name: str) -> None:
-        self.backend = get_attention_backend(name)
+        backend = get_attention_backend(name)
+        check_kv_cache_support(backend, self.config.kv_dtype, self.config.cache.kv_cache_dtype)
+        self.backend = backend
         self._precompile_kernels()
         if self.decode_graphs is not None and self.backend.supports_cuda_graphs:
             # Plain decode graphs replay the paged kernel every Triton variant uses; shared-segment
@@ -96,7 +103,7 @@ class ModelRunner:
         return PreemptionCosts(
             flops_per_token=2.0 * self.arch.num_params(),
             compute_flops_per_s=4e14 if on_gpu else 1e11,
-            block_bytes=kv_bytes_per_block(self.arch, self.block_size, self.config.dtype),
+            block_bytes=kv_bytes_per_block(self.arch, self.block_size, self.config.kv_dtype),
             host_bytes_per_s=2.5e10 if on_gpu else 1e10,
         )
 
@@ -105,7 +112,9 @@ class ModelRunner:
             return
         src = torch.tensor([p[0] for p in pairs])
         dst = torch.tensor([p[1] for p in pairs])
-        for (k, v), (host_k, host_v) in zip(self.kv_caches, self.host_kv_caches):
+        for caches in zip(self.kv_caches, self.host_kv_caches):
+            # Raw bytes for an FP8 cache (index kernels do not all cover the float8 types).
+            (k, v), (host_k, host_v) = ((storage_view(a), storage_view(b)) for a, b in caches)
             if to_host:
                 host_k[dst] = k[src.to(self.device)].to("cpu", non_blocking=False)
                 host_v[dst] = v[src.to(self.device)].to("cpu", non_blocking=False)
@@ -120,12 +129,12 @@ class ModelRunner:
         elif self.device.type == "cuda":
             self._profile_peak_activation()
             budget = gpu_kv_budget_bytes(self.device, cache.gpu_memory_utilization, cache.gpu_memory_is_share)
-            num_blocks = num_blocks_for_budget(budget, self.arch, cache, self.config.dtype)
+            num_blocks = num_blocks_for_budget(budget, self.arch, cache, self.config.kv_dtype)
         else:
-            num_blocks = num_blocks_for_budget(cache.cpu_kv_cache_bytes, self.arch, cache, self.config.dtype)
+            num_blocks = num_blocks_for_budget(cache.cpu_kv_cache_bytes, self.arch, cache, self.config.kv_dtype)
         needed = kv_blocks_needed(self.config.max_model_len, self.block_size)
         if num_blocks < needed:
-            per_block = kv_bytes_per_block(self.arch, self.block_size, self.config.dtype)
+            per_block = kv_bytes_per_block(self.arch, self.block_size, self.config.kv_dtype)
             raise ValueError(
                 f"the KV cache fits {num_blocks} blocks ({num_blocks * self.block_size} tokens), fewer than one "
                 f"request of max_model_len={self.config.max_model_len} needs ({needed} blocks of {per_block} bytes); "
@@ -143,7 +152,7 @@ class ModelRunner:
         seq_len = min(tokens, self.config.max_model_len)
         num_seqs = (tokens + seq_len - 1) // seq_len
         blocks_per_seq = kv_blocks_needed(seq_len, self.block_size)
-        caches = allocate_kv_cache(self.arch, num_seqs * blocks_per_seq, self.block_size, self.config.dtype, self.device)
+        caches = allocate_kv_cache(self.arch, num_seqs * blocks_per_seq, self.block_size, self.config.kv_dtype, self.device)
         q_lens = [seq_len] * (tokens // seq_len) + ([tokens % seq_len] if tokens % seq_len else [])
         starts = [0]
         for q in q_lens:

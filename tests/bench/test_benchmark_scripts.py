@@ -43,3 +43,10 @@ def test_replay_schedule_prints_each_configuration():
     # the prefix groups prefill each 64-token prefix once; the baseline's LRU cache finds it after the first
     assert int(rows["batchllm"][2]) <= int(rows["vllm-like"][2])
     assert all(float(r[-1]) > 0 for r in rows.values())
+
+
+def test_gpu_fp8_check_smoke(tmp_path):
+    """The FP8 GPU check's parts on CPU with tiny shapes (the reference FP8 path)."""
+    out = _run("benchmarks/gpu_fp8_check.py", str(tmp_path), "--smoke", "--parts", "kernels,accuracy,speed_8b_fp8")
+    assert "ERROR" not in out and "tiny-llama fp8 micro-64-16-4-4 x8" in out, out[-2000:]
+    assert "perplexity bf16" in out and (tmp_path / "gpu_fp8_check.json").is_file()

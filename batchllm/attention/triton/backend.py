@@ -19,6 +19,7 @@ class TritonBackend:
     cascade=True runs the shared kernel as separate shared / distinct / merge launches."""
 
     supports_cuda_graphs = True
+    supports_fp8_kv = True  # float8_e4m3fn caches are read as FP8 and widened in registers (sm_89+ on a GPU)
 
     def __init__(self, use_shared_prefix_kernel: bool = True, cascade: bool = False) -> None:
         self.cascade = cascade
@@ -40,11 +41,13 @@ class TritonBackend:
             return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
         return paged_attention_triton(query, k_cache, v_cache, meta, scale)
 
-    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size) -> None:
+    def precompile(self, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size, kv_dtype=None) -> None:
         # The plain paged kernels are compiled by the runner's profile run (prefill) and CUDA-graph
         # capture (decode); the fused kernel's variants depend on which groups meet in a batch.
         if self.supports_shared_prefix:
-            precompile_shared_prefix_kernels(num_q_heads, num_kv_heads, head_dim, dtype, device, block_size)
+            precompile_shared_prefix_kernels(
+                num_q_heads, num_kv_heads, head_dim, dtype, device, block_size, kv_dtype=kv_dtype
+            )
 
     def init_capture_graph(
         self, max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device

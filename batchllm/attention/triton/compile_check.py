@@ -29,7 +29,8 @@ from batchllm.attention.triton.utils import dot_precision, next_pow2
 _TORCH_TO_TT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Argument names by type, shared by every kernel checked: other *_ptr arguments are int32 metadata arrays.
 _DATA_PTRS = ("q_ptr", "k_cache", "v_cache", "out_ptr")
-_FP32_PTRS = ("part_out_ptr", "part_lse_ptr")
+_CACHE_PTRS = ("k_cache", "v_cache")  # typed fp8e4nv for an FP8 KV cache
+_FP32_PTRS = ("part_out_ptr", "part_lse_ptr", "k_scale_ptr", "v_scale_ptr")
 _SCALARS_FP32 = ("qk_scale",)
 # Scalars a real launch of the paged kernels never sees divisible by 16 (so no divisibility hint is given).
 _NOT_DIVISIBLE = ("seq_begin", "seq_end", "qk_scale", "stride_bt")
@@ -58,7 +59,9 @@ def _signature(kernel, dtype: str, constexprs: dict, not_divisible: tuple[str, .
         if name in constexprs:
             sig[name] = "constexpr"
             continue
-        if name in _DATA_PTRS:
+        if name in _CACHE_PTRS and constexprs.get("KV_FP8"):
+            sig[name] = "*fp8e4nv"
+        elif name in _DATA_PTRS:
             sig[name] = f"*{dtype}"
         elif name in _FP32_PTRS:
             sig[name] = "*fp32"
@@ -129,24 +132,27 @@ def _shipped_shapes(quick: bool) -> list[tuple[torch.dtype, int, int, int, str]]
     return [(dtype, hq, hkv, d, f"{_TORCH_TO_TT[dtype]}-h{hq}/{hkv}-d{d}") for dtype in dtypes for hq, hkv, d in shapes]
 
 
-def paged_configs(quick: bool = False) -> list[tuple[str, torch.dtype, int, int, int, tp.TileConfig, bool, int]]:
-    """(name, dtype, Hq, Hkv, D, config, is_decode, num_splits) for the shapes we ship."""
+def paged_configs(quick: bool = False) -> list[tuple[str, torch.dtype, int, int, int, tp.TileConfig, bool, int, bool]]:
+    """(name, dtype, Hq, Hkv, D, config, is_decode, num_splits, kv_fp8) for the shapes we ship; the
+    16-bit ones also with an FP8 KV cache."""
     out = []
     for dtype, hq, hkv, d, tag in _shipped_shapes(quick):
         dcfg = tp.decode_config(hq, hkv, d, dtype)
         pcfg = tp.prefill_config(hq, hkv, d, dtype)
-        out.append((f"decode-{tag}", dtype, hq, hkv, d, dcfg, True, 1))
-        out.append((f"decode-split8-{tag}", dtype, hq, hkv, d, dcfg, True, 8))
-        out.append((f"prefill-{tag}", dtype, hq, hkv, d, pcfg, False, 1))
+        for fp8 in (False, True) if dtype != torch.float32 else (False,):
+            kv = "fp8kv-" if fp8 else ""
+            out.append((f"decode-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 1, fp8))
+            out.append((f"decode-split8-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 8, fp8))
+            out.append((f"prefill-{kv}{tag}", dtype, hq, hkv, d, pcfg, False, 1, fp8))
     return out
 
 
 def compile_paged(arch: int = 90, quick: bool = False) -> list[CompileReport]:
     reports = []
-    for name, dtype, hq, hkv, d, cfg, is_decode, splits in paged_configs(quick):
+    for name, dtype, hq, hkv, d, cfg, is_decode, splits, fp8 in paged_configs(quick):
         ce = dict(
             G=hq // hkv, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, BLOCK_N=cfg.block_n, PAGE=16,
-            HEAD_DIM=d, D_PAD=max(16, next_pow2(d)), NUM_SPLITS=splits, IS_DECODE=is_decode,
+            HEAD_DIM=d, D_PAD=max(16, next_pow2(d)), NUM_SPLITS=splits, IS_DECODE=is_decode, KV_FP8=fp8,
             UPCAST=False, PRECISION=dot_precision(dtype), INTERPRET=False,
         )  # fmt: skip
         reports.append(
@@ -187,10 +193,13 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
                     S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=cfg.shared_block_n,
                     D_BLOCK_M=max(16, next_pow2(g)), D_BLOCK_N=cfg.decode_block_n,
                     E_BLOCK_M=e_block_m, E_BLOCK_Q=e_block_m // g, E_BLOCK_N=cfg.extend_block_n,
-                    HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2],
+                    HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2], KV_FP8=False,
                     UPCAST=False, PRECISION=dot_precision(dtype), INTERPRET=False,
                 )  # fmt: skip
                 out.append((f"{kind}-m{s_block_m}-{tag}", dtype, ce, warps, cfg.num_stages, spp.maxnreg_for(cfg, warps)))
+                if kind == "fused-mixed" and dtype != torch.float32:  # the same launch over an FP8 KV cache
+                    out.append((f"{kind}-m{s_block_m}-fp8kv-{tag}", dtype, dict(ce, KV_FP8=True), warps,
+                                cfg.num_stages, spp.maxnreg_for(cfg, warps)))  # fmt: skip
         ce = dict(ce, HAS_SHARED=False, HAS_DECODE=True, HAS_EXTEND=False)
         warps = cfg.num_warps or 4
         out.append((f"cascade-distinct-{tag}", dtype, ce, warps, cfg.num_stages, spp.maxnreg_for(cfg, warps)))

@@ -1,4 +1,10 @@
-"""The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels."""
+"""The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels.
+
+An FP8 cache (KV_FP8) is widened to the query's dtype in registers right after each load (exact: every
+e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range) and its per-head scales are applied outside the tile loop: the
+K scale folded into the score scale, the V scale into the accumulator at the end. That equals
+dequantize-then-attend, without a multiply per KV element.
+"""
 
 from __future__ import annotations
 
@@ -37,7 +43,7 @@ def kv_step(
     in_page = tok % PAGE
     k = tl.load(
         k_cache + (page * stride_kb + in_page * stride_kt + koff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
-    )
+    ).to(q.dtype)  # a no-op unless the cache is FP8
     s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
     s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
     if MASKED:
@@ -52,8 +58,8 @@ def kv_step(
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(
         v_cache + (page * stride_vb + in_page * stride_vt + voff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
-    )
-    acc = dot_acc(p.to(v.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
+    ).to(q.dtype)
+    acc = dot_acc(p.to(q.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
     return acc, m_new, l_i
 
 
@@ -89,13 +95,21 @@ def kv_steps(
 
 @triton.jit
 def attend_kv_range(
-    q, q_pos, kv_lo, kv_hi, tile_lo, tile_hi, n_full, k_cache, v_cache, bt_row, kvh,
+    q, q_pos, kv_lo, kv_hi, tile_lo, tile_hi, n_full, k_cache, v_cache, k_scale_ptr, v_scale_ptr, bt_row, kvh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    CAUSAL: tl.constexpr, KV_FP8: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """(acc, m, l) of q's rows over KV tiles [tile_lo, tile_hi) of KV head kvh: tiles below n_full are
-    seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL)."""
+    seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL).
+    KV_FP8: the caches are float8_e4m3fn with per-head scales at k_scale_ptr / v_scale_ptr (see above)."""
+    if KV_FP8:
+        qk_scale = qk_scale * tl.load(k_scale_ptr + kvh)
+        if q.dtype == tl.bfloat16:
+            # e4m3 -> fp16 is one native conversion on sm_89+ (-> bf16 is several): so the dots run in
+            # fp16 (as exact for e4m3 and for p in [0, 1]); q saturates at fp16's range instead of overflowing.
+            q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
     acc = tl.zeros([q.shape[0], D_PAD], dtype=tl.float32)
     m_i = tl.full([q.shape[0]], NEG_BIG, dtype=tl.float32)
     l_i = tl.zeros([q.shape[0]], dtype=tl.float32)
@@ -111,4 +125,6 @@ def attend_kv_range(
         k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
         PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, CAUSAL, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
+    if KV_FP8:
+        acc = acc * tl.load(v_scale_ptr + kvh)  # softmax (m, l) does not depend on V's scale
     return acc, m_i, l_i

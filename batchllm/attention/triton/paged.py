@@ -16,6 +16,7 @@ Work decomposition (one program = one "query tile" x one KV head x one KV split)
   exactly. The same (O, LSE) outputs are what a later shared-prefix (cascade) kernel merges.
 
 Online softmax runs in fp32 in the log2 domain (exp2 with scale * log2(e) folded into scores).
+An FP8 cache is read as FP8 and widened in registers, its scales applied in the KV loop (kv_loop.py).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from batchllm.attention.triton.utils import (
     check_inputs,
     dot_precision,
     is_interpreter,
+    kv_scale_args,
     next_pow2,
     num_leading_decodes,
     num_sms,
@@ -64,6 +66,8 @@ def _paged_attn_kernel(
     q_ptr,
     k_cache,
     v_cache,
+    k_scale_ptr,
+    v_scale_ptr,
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
@@ -98,6 +102,7 @@ def _paged_attn_kernel(
     D_PAD: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     IS_DECODE: tl.constexpr,
+    KV_FP8: tl.constexpr,
     UPCAST: tl.constexpr,
     PRECISION: tl.constexpr,
     INTERPRET: tl.constexpr,
@@ -130,9 +135,9 @@ def _paged_attn_kernel(
 
     bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
     acc, m_i, l_i = attend_kv_range(
-        q, q_pos, 0, seq_len, lo, hi, n_full, k_cache, v_cache, bt_row, kvh,
+        q, q_pos, 0, seq_len, lo, hi, n_full, k_cache, v_cache, k_scale_ptr, v_scale_ptr, bt_row, kvh,
         stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, KV_FP8, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
 
     offs_d = tl.arange(0, D_PAD)
@@ -253,8 +258,9 @@ def _launch(
     else:
         part_out = part_lse = out  # unused by the kernel (NUM_SPLITS == 1 branch is compiled out)
     d_pad = max(16, next_pow2(head_dim))
+    k_scale, v_scale, kv_fp8 = kv_scale_args(k_cache, v_cache)
     _paged_attn_kernel[(grid0, num_kv_heads, num_splits)](
-        query, k_cache, v_cache, out, part_out, part_lse,
+        query, k_cache, v_cache, k_scale, v_scale, out, part_out, part_lse,
         meta.query_start_loc, meta.seq_lens, meta.block_tables,
         query.stride(0), query.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
@@ -265,7 +271,7 @@ def _launch(
         seq_begin, seq_end, qk_scale,
         G=group, BLOCK_M=cfg.block_m, BLOCK_Q=cfg.block_q, BLOCK_N=cfg.block_n,
         PAGE=k_cache.shape[1], HEAD_DIM=head_dim, D_PAD=d_pad,
-        NUM_SPLITS=num_splits, IS_DECODE=is_decode,
+        NUM_SPLITS=num_splits, IS_DECODE=is_decode, KV_FP8=kv_fp8,
         UPCAST=upcast_dot(query.dtype), PRECISION=dot_precision(query.dtype), INTERPRET=is_interpreter(),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )  # fmt: skip
@@ -293,7 +299,8 @@ def paged_attention_triton(
     prefill_cfg: TileConfig | None = None,
 ) -> torch.Tensor:
     """Causal attention of query [T, Hq, D] over the paged cache; same contract as
-    `paged_attention_reference` (new tokens' KV already written). Returns `out`.
+    `paged_attention_reference` (new tokens' KV already written; the caches in the query's dtype or
+    float8_e4m3fn with scales, see kv_cache/fp8.py). Returns `out`.
 
     Pure-decode batches (max_query_len == 1) use one decode launch, split-K when the batch is too
     small to fill the GPU (`num_splits` pins the factor, e.g. per CUDA-graph bucket; None = auto).

@@ -26,6 +26,7 @@ from batchllm.attention.triton.utils import (
     check_inputs,
     dot_precision,
     is_interpreter,
+    kv_scale_args,
     next_pow2,
     upcast_dot,
 )
@@ -44,7 +45,8 @@ def shared_prefix_attention_triton(
     config: SharedPrefixConfig | None = None,
 ) -> torch.Tensor:
     """Prefix-shared attention of query [T, Hq, D] over the paged cache (new tokens' KV already
-    written); same result as `paged_attention_reference`. Returns `out`.
+    written; the caches in the query's dtype or float8_e4m3fn with scales); same result as
+    `paged_attention_reference`. Returns `out`.
 
     cascade: shared, distinct and merge as three separate launches (ablation of the fusion).
     shared_splits: pin the split-K factor of the shared tiles (None = heuristic).
@@ -75,8 +77,9 @@ def shared_prefix_attention_triton(
     n_decode = plan.num_decodes * num_kv_heads
     n_extend = plan.n_extend_tiles * num_kv_heads
     d_pad = max(16, next_pow2(head_dim))
+    k_scale, v_scale, kv_fp8 = kv_scale_args(k_cache, v_cache)
     args = (
-        query, k_cache, v_cache, part_out, part_lse,
+        query, k_cache, v_cache, k_scale, v_scale, part_out, part_lse,
         meta.query_start_loc, meta.seq_lens, meta.block_tables, shared.distinct_kv_start,
         plan.seg_tile_start, shared.seg_q_start, shared.seg_q_end, shared.seg_kv_start, shared.seg_kv_end,
         shared.seg_level, shared.seg_block_tables,
@@ -91,7 +94,7 @@ def shared_prefix_attention_triton(
         G=group, HKV=num_kv_heads, PAGE=k_cache.shape[1], HEAD_DIM=head_dim, D_PAD=d_pad,
         S_BLOCK_M=plan.s_block_m, S_BLOCK_Q=plan.s_block_q, S_BLOCK_N=cfg.shared_block_n,
         D_BLOCK_M=max(16, next_pow2(group)), D_BLOCK_N=cfg.decode_block_n,
-        E_BLOCK_M=plan.e_block_m, E_BLOCK_Q=plan.e_block_q, E_BLOCK_N=cfg.extend_block_n,
+        E_BLOCK_M=plan.e_block_m, E_BLOCK_Q=plan.e_block_q, E_BLOCK_N=cfg.extend_block_n, KV_FP8=kv_fp8,
         UPCAST=upcast_dot(query.dtype), PRECISION=dot_precision(query.dtype), INTERPRET=is_interpreter(),
         num_stages=cfg.num_stages,
     )  # fmt: skip

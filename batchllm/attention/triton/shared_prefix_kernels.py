@@ -24,6 +24,8 @@ for shared tiles, slot P - 1 for the distinct part. Levels that do not cover a t
 LSE = -inf (the host fills the LSE slots of levels that do not cover every token). `_merge_kernel`
 then computes O = sum_i 2^(L_i - L) O_i exactly and writes the output in the query dtype.
 
+An FP8 cache (KV_FP8) is read as FP8 and widened in registers by the shared KV loop (kv_loop.py).
+
 Tile sizes are per region (constexprs of separate branches), but num_warps, num_stages and the
 register count are per launch: the fused kernel uses the maximum over its regions (8 warps with a
 128-register cap when shared tiles have 128 rows, which ptxas fits without spills on sm_90, so
@@ -77,13 +79,13 @@ def _last_le(ptr, n, x):
 
 @triton.jit
 def _shared_tile(
-    pid, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
+    pid, q_ptr, k_cache, v_cache, k_scale_ptr, v_scale_ptr, part_out_ptr, part_lse_ptr,
     seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments, splits,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
     G: tl.constexpr, HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    KV_FP8: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     # pid -> (segment M-tile, split, KV head), KV head fastest: the programs that run together read
     # the same pages of the same segment (other heads), and a segment's M-tiles/splits are adjacent.
@@ -116,9 +118,9 @@ def _shared_tile(
         hi = tl.minimum(lo + per_split, n_tiles)
         bt_row = seg_bt_ptr + seg.to(tl.int64) * stride_sbt
         acc, m_i, l_i = attend_kv_range(
-            q, row_tok, kv_lo, kv_hi, lo, hi, n_full, k_cache, v_cache, bt_row, kvh,
+            q, row_tok, kv_lo, kv_hi, lo, hi, n_full, k_cache, v_cache, k_scale_ptr, v_scale_ptr, bt_row, kvh,
             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, UPCAST, PRECISION, INTERPRET,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, KV_FP8, UPCAST, PRECISION, INTERPRET,
         )  # fmt: skip
         _store_partial(
             acc, m_i, l_i, level * splits + split, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
@@ -128,13 +130,13 @@ def _shared_tile(
 
 @triton.jit
 def _distinct_tile(
-    pid, seq_begin, seq_end, distinct_slot, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
-    qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
+    pid, seq_begin, seq_end, distinct_slot, q_ptr, k_cache, v_cache, k_scale_ptr, v_scale_ptr,
+    part_out_ptr, part_lse_ptr, qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
     G: tl.constexpr, HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
     IS_DECODE: tl.constexpr, PAGE: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    KV_FP8: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     kvh = pid % HKV
     tile = pid // HKV
@@ -153,9 +155,9 @@ def _distinct_tile(
         n_full = tl.maximum(ctx_start + tok0 + 1 - kv_lo, 0) // BLOCK_N
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
         acc, m_i, l_i = attend_kv_range(
-            q, q_pos, kv_lo, seq_len, 0, n_tiles, n_full, k_cache, v_cache, bt_row, kvh,
+            q, q_pos, kv_lo, seq_len, 0, n_tiles, n_full, k_cache, v_cache, k_scale_ptr, v_scale_ptr, bt_row, kvh,
             stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, qk_scale,
-            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, UPCAST, PRECISION, INTERPRET,
+            PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, KV_FP8, UPCAST, PRECISION, INTERPRET,
         )  # fmt: skip
         _store_partial(
             acc, m_i, l_i, distinct_slot, t_idx, head, row_ok, part_out_ptr, part_lse_ptr,
@@ -168,7 +170,7 @@ def _distinct_tile(
 @triton.jit(do_not_specialize=["num_segments", "splits", "n_shared", "n_decode", "num_decodes", "num_seqs",
                                "pid_base", "distinct_slot", "stride_bt", "stride_sbt"])  # fmt: skip
 def _shared_prefix_kernel(
-    q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
+    q_ptr, k_cache, v_cache, k_scale_ptr, v_scale_ptr, part_out_ptr, part_lse_ptr,
     qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
     seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr,
     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
@@ -179,7 +181,7 @@ def _shared_prefix_kernel(
     D_BLOCK_M: tl.constexpr, D_BLOCK_N: tl.constexpr,
     E_BLOCK_M: tl.constexpr, E_BLOCK_Q: tl.constexpr, E_BLOCK_N: tl.constexpr,
     HAS_SHARED: tl.constexpr, HAS_DECODE: tl.constexpr, HAS_EXTEND: tl.constexpr,
-    UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
+    KV_FP8: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """Program pid (+ pid_base, for the cascade variant's separate launches) -> one tile of one region.
 
@@ -189,33 +191,34 @@ def _shared_prefix_kernel(
     if pid < n_shared:
         if HAS_SHARED:
             _shared_tile(
-                pid, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
+                pid, q_ptr, k_cache, v_cache, k_scale_ptr, v_scale_ptr, part_out_ptr, part_lse_ptr,
                 seg_tile_ptr, seg_qs_ptr, seg_qe_ptr, seg_ks_ptr, seg_ke_ptr, seg_lvl_ptr, seg_bt_ptr, num_segments,
                 splits, stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_sbt,
                 stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
                 G, HKV, S_BLOCK_M, S_BLOCK_Q, S_BLOCK_N, PAGE, HEAD_DIM, D_PAD,
-                UPCAST, PRECISION, INTERPRET,
+                KV_FP8, UPCAST, PRECISION, INTERPRET,
             )  # fmt: skip
     else:
         pid = pid - n_shared
         if pid < n_decode:
             if HAS_DECODE:
                 _distinct_tile(
-                    pid, 0, num_decodes, distinct_slot, q_ptr, k_cache, v_cache, part_out_ptr, part_lse_ptr,
-                    qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
+                    pid, 0, num_decodes, distinct_slot, q_ptr, k_cache, v_cache, k_scale_ptr, v_scale_ptr,
+                    part_out_ptr, part_lse_ptr, qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
                     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
-                    G, HKV, D_BLOCK_M, 1, D_BLOCK_N, True, PAGE, HEAD_DIM, D_PAD, UPCAST, PRECISION, INTERPRET,
+                    G, HKV, D_BLOCK_M, 1, D_BLOCK_N, True, PAGE, HEAD_DIM, D_PAD, KV_FP8, UPCAST, PRECISION,
+                    INTERPRET,
                 )  # fmt: skip
         else:
             if HAS_EXTEND:
                 _distinct_tile(
                     pid - n_decode, num_decodes, num_seqs, distinct_slot, q_ptr, k_cache, v_cache,
-                    part_out_ptr, part_lse_ptr, qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
+                    k_scale_ptr, v_scale_ptr, part_out_ptr, part_lse_ptr, qsl_ptr, seq_lens_ptr, bt_ptr, dks_ptr,
                     stride_qt, stride_qh, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_bt,
                     stride_pp, stride_pt, stride_ph, stride_lp, stride_lt, stride_lh, qk_scale,
                     G, HKV, E_BLOCK_M, E_BLOCK_Q, E_BLOCK_N, False, PAGE, HEAD_DIM, D_PAD,
-                    UPCAST, PRECISION, INTERPRET,
+                    KV_FP8, UPCAST, PRECISION, INTERPRET,
                 )  # fmt: skip
 
 

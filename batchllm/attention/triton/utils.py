@@ -10,6 +10,8 @@ import torch
 import triton
 import triton.language as tl
 
+from batchllm.kv_cache.fp8 import is_fp8, kv_scale
+
 LOG2E = 1.4426950408889634  # scores are scaled by scale * log2(e) so the online softmax can use exp2
 
 
@@ -61,13 +63,23 @@ def check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         raise ValueError(f"bad shapes: query {tuple(query.shape)}, k_cache {tuple(k_cache.shape)}, v_cache {tuple(v_cache.shape)}")
     if query.shape[2] != k_cache.shape[3] or query.shape[1] % k_cache.shape[2] != 0:
         raise ValueError("query heads must be a multiple of KV heads and head dims must match")
-    if not (query.dtype == k_cache.dtype == v_cache.dtype == out.dtype):
-        raise ValueError("query, caches and out must share one dtype")
+    if query.dtype != out.dtype or k_cache.dtype != v_cache.dtype:
+        raise ValueError("query and out must share one dtype, and so must the two caches")
+    if k_cache.dtype != query.dtype and not is_fp8(k_cache.dtype):
+        raise ValueError(f"the caches must have the query's dtype or be float8_e4m3fn, not {k_cache.dtype}")
     if out.shape != query.shape:
         raise ValueError("out must have the query's shape")
     for name, t in (("query", query), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last (head_dim) axis")
+
+
+def kv_scale_args(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(k_scale, v_scale, KV_FP8) kernel arguments: an FP8 cache's per-head scales ([Hkv] fp32); for
+    any other cache the caches themselves stand in for the pointers, which KV_FP8=False never reads."""
+    if is_fp8(k_cache.dtype):
+        return kv_scale(k_cache), kv_scale(v_cache), True
+    return k_cache, v_cache, False
 
 
 @triton.jit

