@@ -69,13 +69,20 @@ KV_CACHE_DTYPES: dict[str, Optional[torch.dtype]] = {
 def check_kv_cache_dtype(kv_cache_dtype: str, device: torch.device) -> None:
     """ValueError when `device` cannot run a KV cache of this kind: FP8 on a GPU needs compute capability
     8.9+ (Triton's fp8e4nv: Ada, Hopper and later). On CPU it runs through the reference attention."""
-    if KV_CACHE_DTYPES.get(kv_cache_dtype) is None or device.type != "cuda":
+    if KV_CACHE_DTYPES.get(kv_cache_dtype) is not None:
+        _require_fp8_gpu(device, f"kv_cache_dtype={kv_cache_dtype!r}", "", "use kv_cache_dtype='auto'")
+
+
+def _require_fp8_gpu(device: torch.device, option: str, why: str, instead: str) -> None:
+    """ValueError naming `option` and what to do `instead` when `device` is a CUDA GPU below compute capability
+    8.9 (Ada, Hopper: the first with FP8 tensor cores and Triton's fp8e4nv). A CPU passes: it runs references."""
+    if device.type != "cuda":
         return
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < (8, 9):
         raise ValueError(
-            f"kv_cache_dtype={kv_cache_dtype!r} needs a GPU of compute capability 8.9 or newer (Ada, Hopper); "
-            f"{torch.cuda.get_device_name(device)} is {major}.{minor}; use kv_cache_dtype='auto'"
+            f"{option} needs a GPU of compute capability 8.9 or newer (Ada, Hopper{why}); "
+            f"{torch.cuda.get_device_name(device)} is {major}.{minor}; {instead}"
         )
 
 
@@ -96,15 +103,9 @@ def check_quantization(quantization: Optional[str], device: torch.device) -> Non
     capability 8.9+ (Ada, Hopper and later). On CPU the reference path (dequantize, then matmul) runs."""
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
-    if quantization is None or device.type != "cuda":
-        return
-    major, minor = torch.cuda.get_device_capability(device)
-    if (major, minor) < (8, 9):
-        raise ValueError(
-            f"quantization={quantization!r} needs a GPU of compute capability 8.9 or newer (Ada, Hopper; FP8 tensor "
-            f"cores); {torch.cuda.get_device_name(device)} is {major}.{minor}; leave quantization unset with a "
-            "bf16/fp16 checkpoint"
-        )
+    if quantization is not None:
+        _require_fp8_gpu(device, f"quantization={quantization!r}", "; FP8 tensor cores",
+                         "leave quantization unset with a bf16/fp16 checkpoint")  # fmt: skip
 
 
 @dataclass(frozen=True)

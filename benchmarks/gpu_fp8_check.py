@@ -33,6 +33,7 @@ import torch
 
 from batchllm import LLM, SamplingParams
 from batchllm.bench.compare import run_config
+from batchllm.bench.kernel_timing import graph_ms_per_call, ms_per_call
 from batchllm.bench.perplexity import perplexity
 from batchllm.bench.roofline import measure_device_rates, workload_floor
 from batchllm.bench.workloads import make_workload
@@ -70,36 +71,6 @@ TOPICS = ["the moon", "volcanoes", "honey bees", "the Roman empire", "photosynth
 TEMPLATES = ["What is {}?", "Tell me one interesting fact about {}."]
 
 
-def _ms(fn, reps: int = 20) -> float:
-    fn()
-    if not torch.cuda.is_available():
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        return (time.perf_counter() - start) / reps * 1e3
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
-
-
-def _graph_ms(fn, reps: int = 20) -> float:
-    """ms per call replayed from a CUDA graph: no launch overhead, as in the engine's decode iterations."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # warm-up (Triton compiles) outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return _ms(graph.replay, reps)
-
-
 @torch.no_grad()
 def kernels(device: torch.device, smoke: bool) -> dict:
     shapes = [(8, 64, 128), (3, 128, 96)] if smoke else [
@@ -126,11 +97,11 @@ def kernels(device: torch.device, smoke: bool) -> dict:
             if fast:
                 out = fp8_matmul_scaled_mm(xq, sx, fp8.weight, fp8.weight_scale, torch.bfloat16).float()
                 row["scaled_mm_vs_ref_max_rel"] = float((out - ref).abs().max() / ref.abs().max())
-            row["ms_fp8_linear"] = _ms(lambda: fp8(x))
-            row["ms_bf16_linear"] = _ms(lambda: linear(x))
+            row["ms_fp8_linear"] = ms_per_call(lambda: fp8(x))
+            row["ms_bf16_linear"] = ms_per_call(lambda: linear(x))
             if device.type == "cuda":
-                row["graph_ms_fp8_linear"] = _graph_ms(lambda: fp8(x))
-                row["graph_ms_bf16_linear"] = _graph_ms(lambda: linear(x))
+                row["graph_ms_fp8_linear"] = graph_ms_per_call(lambda: fp8(x))
+                row["graph_ms_bf16_linear"] = graph_ms_per_call(lambda: linear(x))
             del x, linear, fp8, xq, ref, exact
         except Exception as err:  # one failing case must not hide the others
             row["error"] = f"{type(err).__name__}: {err}"

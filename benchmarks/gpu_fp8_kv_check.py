@@ -22,6 +22,7 @@ from batchllm import LLM, SamplingParams  # noqa: E402
 from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
+from batchllm.bench.kernel_timing import ms_per_call  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
 from batchllm.kv_cache.fp8 import attach_kv_scale, quantize_kv  # noqa: E402
 from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch, uniform_groups  # noqa: E402
@@ -42,18 +43,6 @@ def _fp8(b: SharedBatch, seed: int) -> SharedBatch:
         attach_kv_scale(fp8, scale)
         caches.append(fp8)
     return SharedBatch(b.query, caches[0], caches[1], b.meta, b.scale)
-
-
-def _ms(fn, reps: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
 
 
 def _kernel_cases():
@@ -94,7 +83,7 @@ def kernels() -> list[dict]:
             out16 = run(b)
             row["max_abs_err_vs_reference"] = float((out8.float() - ref8).abs().max())
             row["max_abs_diff_vs_bf16_cache"] = float((out8.float() - out16.float()).abs().max())
-            row["ms_bf16_cache"], row["ms_fp8_cache"] = _ms(lambda: run(b)), _ms(lambda: run(q8))
+            row["ms_bf16_cache"], row["ms_fp8_cache"] = ms_per_call(lambda: run(b)), ms_per_call(lambda: run(q8))
         except Exception as err:  # one failing case must not hide the others
             row["error"] = f"{type(err).__name__}: {err}"
             traceback.print_exc()
@@ -177,21 +166,22 @@ def main() -> None:
         json.dump(results, f, indent=2)
 
     print(f"\ndevice: {results['device']}  torch {results['torch']}  triton {results.get('triton')}")
-    print(f"{'kernel case (Hq 32, Hkv 8, D 128)':<40} {'err vs ref':>10} {'vs bf16':>8} {'ms bf16':>8} {'ms fp8':>7}")
-    for r in results.get("kernels", []):
-        if "error" in r:
-            print(f"{r['case']:<40} ERROR {r['error'][:80]}")
-            continue
-        print(f"{r['case']:<40} {r['max_abs_err_vs_reference']:>10.2e} {r['max_abs_diff_vs_bf16_cache']:>8.3f} "
-              f"{r['ms_bf16_cache']:>8.3f} {r['ms_fp8_cache']:>7.3f}")  # fmt: skip
-    print(f"{'engine (llama-3.1-8b dummy)':<34} {'kv':>5} {'blocks':>7} {'seconds':>8} {'out tok/s':>10} {'tot tok/s':>10}")
-    for r in results["engine"]:
-        if "error" in r:
-            print(f"{r.get('workload', '-'):<34} {r['kv_cache_dtype']:>5} ERROR {r['error'][:80]}")
-            continue
-        print(f"{r['workload'] + ' x' + str(r['requests']):<34} {r['kv_cache_dtype']:>5} {r['kv_blocks']:>7} "
-              f"{r['seconds']:>8.2f} {r['output_tok_s']:>10.0f} {r['total_tok_s']:>10.0f}")  # fmt: skip
+    _print_rows(f"{'kernel case (Hq 32, Hkv 8, D 128)':<40} {'err vs ref':>10} {'vs bf16':>8} {'ms bf16':>8} {'ms fp8':>7}",
+                results.get("kernels", []), lambda r: f"{r['case']:<40}",
+                lambda r: f"{r['case']:<40} {r['max_abs_err_vs_reference']:>10.2e} "
+                f"{r['max_abs_diff_vs_bf16_cache']:>8.3f} {r['ms_bf16_cache']:>8.3f} {r['ms_fp8_cache']:>7.3f}")
+    _print_rows(f"{'engine (llama-3.1-8b dummy)':<34} {'kv':>5} {'blocks':>7} {'seconds':>8} {'out tok/s':>10} {'tot tok/s':>10}",
+                results["engine"], lambda r: f"{r.get('workload', '-'):<34} {r['kv_cache_dtype']:>5}",
+                lambda r: f"{r['workload'] + ' x' + str(r['requests']):<34} {r['kv_cache_dtype']:>5} {r['kv_blocks']:>7} "
+                f"{r['seconds']:>8.2f} {r['output_tok_s']:>10.0f} {r['total_tok_s']:>10.0f}")  # fmt: skip
     print(f"wall {results['wall_s']:.0f} s; JSON: {os.path.join(args.out, 'gpu_fp8_kv_check.json')}")
+
+
+def _print_rows(header: str, rows: list, label, line) -> None:
+    """The header, then one line per row: `line(row)`, or `label(row)` and the error for a row that failed."""
+    print(header)
+    for r in rows:
+        print(f"{label(r)} ERROR {r['error'][:80]}" if "error" in r else line(r))
 
 
 if __name__ == "__main__":

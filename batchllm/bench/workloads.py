@@ -1,7 +1,7 @@
 """Seeded token-id workloads, written as the JSONL every runner reads ({"prompt_token_ids", "max_tokens"}).
 
 Names: micro-S-D-k-O (shared prefix S, distinct D, sharing degree k, output O), multilevel,
-noshare, skewed. Token ids are random within the vocabulary; the order of requests is shuffled
+noshare, skewed, realistic. Token ids are random within the vocabulary; the order of requests is shuffled
 (a real batch file does not arrive sorted by prefix).
 """
 
@@ -103,8 +103,25 @@ def skewed(requests: int, vocab: int, seed: int) -> Workload:
     return _shuffled("skewed", rng, prompts[:requests], outputs[:requests])
 
 
+def realistic(requests: int, vocab: int, seed: int) -> Workload:
+    """What a batch job of one task sends: one system prompt (~400 tokens, every request) -> a document of
+    300-3000 tokens whose number of requests follows a Zipf law (exponent 2, capped at the larger of 8 and a
+    25th of the batch: a few popular documents, half the requests in groups of 8+, a long tail asked once)
+    -> a question of 20-150; outputs 20-400 tokens, log-uniform (most answers short, some long); shuffled."""
+    rng = np.random.default_rng(seed)
+    system = _tokens(rng, 400, vocab)
+    cap = max(8, requests // 25)
+    prompts, outputs = [], []
+    while len(prompts) < requests:
+        document = _tokens(rng, int(rng.integers(300, 3001)), vocab)
+        for _ in range(min(int(rng.zipf(2.0)), cap)):
+            prompts.append(system + document + _tokens(rng, int(rng.integers(20, 151)), vocab))
+            outputs.append(int(np.exp(rng.uniform(np.log(20), np.log(400)))))
+    return _shuffled("realistic", rng, prompts[:requests], outputs[:requests])
+
+
 _MICRO = re.compile(r"^micro-(\d+)-(\d+)-(\d+)-(\d+)$")
-NAMES = ("micro-S-D-k-O", "multilevel", "noshare", "skewed")
+NAMES = ("micro-S-D-k-O", "multilevel", "noshare", "skewed", "realistic")
 
 
 def make_workload(name: str, requests: int, vocab: int, seed: int = 0) -> Workload:
@@ -117,7 +134,7 @@ def make_workload(name: str, requests: int, vocab: int, seed: int = 0) -> Worklo
         if degree < 1 or output < 1 or shared + distinct < 1:
             raise ValueError(f"workload {name!r}: sharing degree and output must be >= 1")
         return micro(shared, distinct, degree, output, requests, vocab, seed)
-    makers = {"multilevel": multilevel, "noshare": noshare, "skewed": skewed}
+    makers = {"multilevel": multilevel, "noshare": noshare, "skewed": skewed, "realistic": realistic}
     if name not in makers:
         raise ValueError(f"workload {name!r} is unknown; use one of {', '.join(NAMES)} (e.g. micro-2000-200-16-100)")
     return makers[name](requests, vocab, seed)

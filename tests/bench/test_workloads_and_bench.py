@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 
+from collections import Counter
+
 import pytest
 
 from batchllm.bench.workloads import make_workload, read_workload_jsonl
@@ -25,12 +27,22 @@ def test_micro_workload_shape_and_seed(tmp_path):
     assert read_workload_jsonl(str(path)).prompts == w.prompts
 
 
-@pytest.mark.parametrize("name", ["multilevel", "noshare", "skewed"])
+@pytest.mark.parametrize("name", ["multilevel", "noshare", "skewed", "realistic"])
 def test_other_workloads(name):
     w = make_workload(name, 40, vocab=5000, seed=0)
     assert len(w.prompts) == 40 and all(0 < m <= 500 for m in w.max_tokens)
     reuse = analyze_prefixes(w.prompts, block_size=16).stats.reuse_ratio
     assert (reuse == 0.0) if name == "noshare" else (reuse > 0.3)
+
+
+def test_realistic_workload_mixes_popular_documents_and_a_long_tail():
+    w = make_workload("realistic", 2000, vocab=5000, seed=0)
+    assert len(w.prompts) == 2000 and 20 <= min(w.max_tokens) and max(w.max_tokens) <= 400
+    assert len({tuple(p[:400]) for p in w.prompts}) == 1  # one system prompt for all
+    sizes = Counter(tuple(p[400:432]) for p in w.prompts).values()
+    assert max(sizes) == 2000 // 25 and sum(1 for s in sizes if s == 1) > 100
+    assert 0.3 < sum(s for s in sizes if s >= 8) / 2000 < 0.8
+    assert sorted(w.max_tokens) != w.max_tokens and len(set(w.max_tokens)) > 100
 
 
 def test_unknown_workload():
