@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device-tool run of the end-to-end table (issue 6): llama-3.1-8b dummy bf16, micro / multilevel / noshare,
 # BatchLLM against our vllm-like baseline, plus vLLM's numbers for the same files when they are there.
-# usage: bash benchmarks/gpu_suite.sh [micro|multilevel|noshare|decode|check|files|all]     (all: about 5 minutes)
+# usage: bash benchmarks/gpu_suite.sh [micro|multilevel|noshare|realistic|skewed|decode|check|files|all]
+#        (all: every workload but decode, about 8 minutes)
 #
 # vLLM in the same lease (see ../shared/peers/README.md for carrying its wheels into /root/site first):
 #   bash benchmarks/gpu_suite.sh files        # writes the workload files to $W (default /root/w)
@@ -16,12 +17,14 @@ mkdir -p $OUT $W
 part=${1:-all}
 # part -> workload file and its request count; "decode" (short prompts, 2000-token outputs) is the
 # decode-heavy case whose floor is the bandwidth one; "all" runs the three of the issue's table.
-declare -A FILE=([micro]=micro-2000-200-16-100 [multilevel]=multilevel [noshare]=noshare [decode]=micro-100-400-1-2000)
-declare -A REQUESTS=([micro]=1024 [multilevel]=512 [noshare]=512 [decode]=256)
+declare -A FILE=([micro]=micro-2000-200-16-100 [multilevel]=multilevel [noshare]=noshare [realistic]=realistic
+                 [skewed]=skewed [decode]=micro-100-400-1-2000)
+declare -A REQUESTS=([micro]=1024 [multilevel]=512 [noshare]=512 [realistic]=2048 [skewed]=1024 [decode]=256)
 # configurations per part unless COMPARE is set (e.g. COMPARE=batchllm,batchllm-no-overlap)
 declare -A CONFIGS=([micro]=batchllm,batchllm-threshold-1.1,vllm-like
                     [multilevel]=batchllm,batchllm-single-level,vllm-like
                     [noshare]=batchllm,batchllm-threshold-1.1,vllm-like
+                    [realistic]=batchllm [skewed]=batchllm
                     [decode]=batchllm,batchllm-threshold-2,vllm-like)
 for short in "${!FILE[@]}"; do
   name=${FILE[$short]}
@@ -32,7 +35,7 @@ peer=(); [[ -f $W/vllm.jsonl ]] && peer=(--peer-results $W/vllm.jsonl)
 HF=${HF:-0}  # HF=32: also time transformers generate_batch on the first 32 requests
 B="python3 -m batchllm.entrypoints.cli bench --model $M --load-format dummy --dtype bfloat16"
 {
-  for short in micro multilevel noshare decode; do
+  for short in micro multilevel noshare realistic skewed decode; do
     if [[ $part == $short || ($part == all && $short != decode) ]]; then
       mkdir -p $OUT/tr_$short
       timeout 400 $B --input $W/${FILE[$short]}.jsonl --compare ${COMPARE:-${CONFIGS[$short]}} --hf-requests $HF \

@@ -15,7 +15,7 @@ import sys
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("bench", help="benchmark a workload end to end (tokens/s, reuse, ratios, floor)")
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--workload", help="micro-S-D-k-O | multilevel | noshare | skewed")
+    source.add_argument("--workload", help="micro-S-D-k-O | multilevel | noshare | skewed | realistic")
     source.add_argument("--input", help="a workload JSONL ({prompt_token_ids, max_tokens} per line)")
     p.add_argument("--requests", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
