@@ -7,6 +7,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from batchllm.bench.workloads import Workload
@@ -123,3 +124,18 @@ def workload_floor(
     weight_bytes = arch.weight_bytes(dtype_bytes, fp8_linears)
     total_bytes = weight_bytes * max(workload.max_tokens) + kv_bytes
     return Floor(flops, total_bytes, compute_s, total_bytes / rates.copy_bytes_per_s)
+
+
+def iteration_floor_seconds(
+    batch_tokens: np.ndarray, kv_blocks_used: np.ndarray, arch: ArchConfig, rates: DeviceRates, block_size: int,
+    kv_bytes: int = 2, fp8_linears: bool = False,
+) -> np.ndarray:  # fmt: skip
+    """Per iteration of an engine trace, the least time it could take: the larger of its linear layers'
+    FLOPs (2 x linear params x its tokens, at the FP8 rate for FP8 linears) and the bytes it must read once
+    (the weights, plus every KV block in use: a shared prefix's blocks are in use once for its group).
+    Attention FLOPs and the lm_head are left out, so this floor is a lower bound on the lower bound."""
+    rate = rates.fp8_matmul_flops_per_s if fp8_linears else rates.matmul_flops_per_s
+    compute = 2.0 * arch.linear_params() * np.asarray(batch_tokens, dtype=np.float64) / rate
+    block_bytes = arch.kv_bytes_per_token(kv_bytes) * block_size
+    memory = (arch.weight_bytes(2, fp8_linears) + np.asarray(kv_blocks_used, dtype=np.float64) * block_bytes)
+    return np.maximum(compute, memory / rates.copy_bytes_per_s)

@@ -21,7 +21,11 @@ def test_profile_engine_reports_iterations_and_kernel_groups():
     out = _run("benchmarks/profile_engine.py", "--model", "benchmarks/models/tiny-llama", "--device", "cpu",
                "--workload", "micro-64-16-4-4", "--requests", "16", "--top", "3")  # fmt: skip
     assert "batchllm micro-64-16-4-4 x16" in out
-    assert "device time by group" in out and "gemm" in out
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()[:1] in (["prefill"], ["decode"], ["sample"])}
+    header = next(line.split() for line in out.splitlines() if line.startswith("seconds"))
+    assert "gemm" in header and "sampler" in header
+    assert float(rows["prefill"][header.index("gemm")]) > 0 and "sample" in rows  # (the sampler: ms here)
+    assert "idle (host gaps)" in out and "iterations pure decode: 3" in out
 
 
 def test_shared_prefix_benchmark_smoke():

@@ -1,0 +1,108 @@
+"""Where a run's device time goes: kernel time by phase (prefill-carrying vs pure-decode iterations, the
+sampler) and by kind (GEMM, attention, elementwise, sampler, copies), launched from CUDA graphs or eagerly,
+and the time the device sat idle (host gaps). Plain data in, a table out: `benchmarks/profile_engine.py`
+turns a torch.profiler run into `KernelRecord`s (each kernel attributed through its launch to the
+`record_function` range the engine call ran in), and this module adds them up.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+# Substrings (lower case) that name a kernel's kind; the first kind that matches wins.
+KERNEL_KINDS = (
+    ("attention", ("_shared_prefix_kernel", "_paged_attn_kernel", "_merge_kernel", "_merge_splits_kernel",
+                   "flash", "attention")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "sm90_xmma", "cublas", "matmul", "scaled_mm", "aten::mm", "aten::addmm",
+              "aten::bmm", "aten::linear")),
+    ("copy", ("memcpy", "memset", "copy_", "fill_")),
+    ("elementwise", ("_rms_norm_kernel", "_silu_and_mul_kernel", "_rope_kernel", "_per_token_quant_kernel",
+                     "elementwise", "vectorized", "reduce", "index", "cat", "add", "mul", "embedding")),
+)  # fmt: skip
+PHASES = ("prefill", "decode", "sample")
+
+
+def kernel_kind(name: str, phase: str = "") -> str:
+    """The kind of a kernel (or, on CPU, an operator) by its name; "other" when none matches. Whatever the
+    sampler call queued (logits processors and masks too) is "sampler"."""
+    if phase == "sample":
+        return "sampler"
+    low = name.lower()
+    for kind, needles in KERNEL_KINDS:
+        if any(needle in low for needle in needles):
+            return kind
+    return "other"
+
+
+@dataclass(frozen=True)
+class KernelRecord:
+    """One kernel execution: its name, microseconds on the device, the phase of the engine call that
+    launched it ("prefill", "decode", "sample", or "other" outside them) and whether a CUDA graph replay
+    launched it."""
+
+    name: str
+    microseconds: float
+    phase: str
+    from_graph: bool
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    wall_s: float
+    busy_s: float  # union of kernel intervals: when at least one kernel ran
+    by_phase_kind: dict[tuple[str, str], float]  # seconds
+    graph_s: float
+    eager_s: float
+    top: list[tuple[str, int, float]]  # (kernel, calls, seconds), largest first
+
+    @property
+    def idle_s(self) -> float:
+        """Wall time with no kernel running: host work the GPU waited for (launch gaps, scheduling)."""
+        return max(0.0, self.wall_s - self.busy_s)
+
+    def table(self) -> str:
+        kinds = sorted({k for _, k in self.by_phase_kind}, key=lambda k: -sum(
+            v for (_, kk), v in self.by_phase_kind.items() if kk == k))  # fmt: skip
+        phases = [p for p in (*PHASES, "other") if any(pp == p for pp, _ in self.by_phase_kind)]
+        total = sum(self.by_phase_kind.values()) or 1.0
+        lines = [f"{'seconds':<12}" + "".join(f"{k:>12}" for k in kinds) + f"{'all':>12}{'share':>8}"]
+        for phase in phases:
+            row = [self.by_phase_kind.get((phase, k), 0.0) for k in kinds]
+            lines.append(f"{phase:<12}" + "".join(f"{v:>12.3f}" for v in row) + f"{sum(row):>12.3f}"
+                         f"{sum(row) / total:>8.1%}")  # fmt: skip
+        lines.append(f"wall {self.wall_s:.3f} s, device busy {self.busy_s:.3f} s, idle (host gaps) {self.idle_s:.3f} s "
+                     f"({self.idle_s / self.wall_s if self.wall_s else 0:.1%}); kernels from CUDA graphs "
+                     f"{self.graph_s:.3f} s, eager {self.eager_s:.3f} s")  # fmt: skip
+        lines.append(f"{'kernel':<70}{'calls':>8}{'seconds':>9}{'share':>7}")
+        lines += [f"{name[:70]:<70}{calls:>8}{s:>9.3f}{s / total:>7.1%}" for name, calls, s in self.top]
+        return "\n".join(lines)
+
+
+def busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals given in microseconds, in seconds."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end <= reach:
+            continue
+        busy += end - max(start, reach)
+        reach = end
+    return busy / 1e6
+
+
+def summarize(records: list[KernelRecord], wall_s: float, intervals: list[tuple[float, float]], top: int = 15) -> Breakdown:
+    """Add the records up by (phase, kind), by graph vs eager, and by kernel name."""
+    by_phase_kind: dict[tuple[str, str], float] = defaultdict(float)
+    by_name: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    graph = eager = 0.0
+    for r in records:
+        s = r.microseconds / 1e6
+        by_phase_kind[(r.phase, kernel_kind(r.name, r.phase))] += s
+        by_name[r.name][0] += 1
+        by_name[r.name][1] += s
+        if r.from_graph:
+            graph += s
+        else:
+            eager += s
+    ranked = sorted(((n, int(c), s) for n, (c, s) in by_name.items()), key=lambda x: -x[2])[:top]
+    return Breakdown(wall_s, busy_seconds(intervals), dict(by_phase_kind), graph, eager, ranked)
