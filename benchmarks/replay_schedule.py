@@ -1,8 +1,9 @@
 """Replay a workload's schedule on CPU: the real engine and scheduler over a stub model (zero logits), so
 iterations, batch sizes, prefill tokens, peak KV and preemptions come out in seconds for any KV pool size,
-without a GPU. Nothing here is a GPU time: `--estimate` adds a roofline estimate per iteration (weights
-plus the KV blocks in use over copy bandwidth, or the batch's matmul FLOPs over the matmul rate, whichever
-is larger) to compare schedules before spending device time on them.
+without a GPU. Nothing here is a GPU time: `--estimate` adds the per-iteration floor of
+`batchllm.bench.roofline.iteration_floor_seconds` (weights plus the KV blocks in use over copy bandwidth,
+or the batch's linear-layer FLOPs over the matmul rate, whichever is larger) at the rates given, to
+compare schedules before spending device time on them.
 
 usage: python benchmarks/replay_schedule.py --workload multilevel --requests 512 \\
            --compare batchllm,batchllm-single-level,vllm-like --estimate
@@ -19,19 +20,10 @@ import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM, SamplingParams  # noqa: E402
 from batchllm.bench.compare import CONFIGS  # noqa: E402
+from batchllm.bench.roofline import DeviceRates, iteration_floor_seconds  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
 from batchllm.model.arch_config import load_arch_config  # noqa: E402
 from bench_engine_overhead import HERE, ZeroLogits  # noqa: E402
-
-
-def estimate_seconds(trace, arch, block_size: int, matmul_flops_per_s: float, copy_bytes_per_s: float) -> float:
-    """Roofline time of every iteration of a trace for `arch` in bf16 (an estimate, not a measurement)."""
-    weight_bytes = arch.num_params() * 2
-    block_bytes = arch.kv_bytes_per_token(2) * block_size
-    tokens, blocks = trace.column("batch_tokens"), trace.column("kv_blocks_used")
-    memory = (weight_bytes + blocks * block_bytes) / copy_bytes_per_s
-    compute = 2.0 * arch.num_params() * tokens / matmul_flops_per_s
-    return float(np.maximum(memory, compute).sum())
 
 
 def main() -> None:
@@ -70,7 +62,9 @@ def main() -> None:
                 f"{int(trace.column('kv_blocks_used').max()):>8}{llm.engine.scheduler.counters.preemptions:>8}"
                 f"{quantiles:>26}")
         if args.estimate:
-            line += f"{estimate_seconds(trace, arch, 16, args.matmul_tflops * 1e12, args.copy_gbps * 1e9):>11.3f}"
+            rates = DeviceRates(args.matmul_tflops * 1e12, args.copy_gbps * 1e9)
+            estimate = iteration_floor_seconds(trace.column("batch_tokens"), trace.column("kv_blocks_used"), arch, rates, 16)
+            line += f"{float(estimate.sum()):>11.3f}"
         print(line, flush=True)
 
 
