@@ -140,13 +140,18 @@ def arch_config_from_dict(cfg: dict, generation_eos: tuple[int, ...] = (), model
     )
 
 
+def gguf_config_dict(path: str) -> dict:
+    """A .gguf file's metadata as a config.json dict, `architectures` filled in from its model type."""
+    cfg = gguf_hf_config(path).to_dict()
+    if not cfg.get("architectures"):
+        cfg["architectures"] = [_GGUF_MODEL_TYPES.get(cfg.get("model_type"), cfg.get("model_type"))]
+    return cfg
+
+
 def load_arch_config(model: str) -> ArchConfig:
     """Read config.json (+ generation_config.json eos ids) from a folder, or the metadata of a .gguf file."""
     if is_gguf_path(model):
-        cfg = gguf_hf_config(model).to_dict()
-        if not cfg.get("architectures"):
-            cfg["architectures"] = [_GGUF_MODEL_TYPES.get(cfg.get("model_type"), cfg.get("model_type"))]
-        return arch_config_from_dict(cfg)
+        return arch_config_from_dict(gguf_config_dict(model))
     if not os.path.isdir(model):
         raise ValueError(f"model={model!r}: no such folder or .gguf file")
     config_path = os.path.join(model, "config.json")

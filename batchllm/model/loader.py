@@ -168,6 +168,11 @@ def _iter_gguf(path: str) -> Iterator[tuple[str, torch.Tensor]]:
     yield from tensors.items()
 
 
+def iter_checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """(Hugging Face name, tensor) of every tensor a folder's safetensors or a .gguf file holds (dequantized)."""
+    return _iter_gguf(model_path) if is_gguf_path(model_path) else _iter_safetensors(model_path)
+
+
 def init_dummy_weights(model: DecoderForCausalLM, seed: int) -> None:
     """Small uniform random weights (norms at 1): stable activations, real shapes, real speed.
 
@@ -204,7 +209,7 @@ def load_model(
     if load_format == "dummy":
         init_dummy_weights(model, seed)
         return model.eval()
-    tensors = _iter_gguf(model_path) if is_gguf_path(model_path) else _iter_safetensors(model_path)
+    tensors = iter_checkpoint_tensors(model_path)
     params, fp8 = dict(model.named_parameters()), _fp8_modules(model)
     # KV-cache scales (self_attn.k_scale / v_scale / kv_scale) are no parameters: kept for an FP8 KV cache.
     kv_scales = CheckpointKVScales()
