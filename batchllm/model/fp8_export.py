@@ -1,8 +1,9 @@
 """Write a model as an FP8 checkpoint in the compressed-tensors format most published FP8 checkpoints use
 (what llm-compressor's FP8_DYNAMIC scheme writes): the decoder's linear weights in float8_e4m3fn with one
 fp32 scale per output channel (`weight_scale` [N, 1], the same rule as `quantization="fp8"` at load),
-activations dynamic per token, every other tensor as it was. vLLM and this engine read it as FP8 without
-being asked. It makes a real FP8 checkpoint from any supported model folder or GGUF file.
+activations dynamic per token, every other tensor as it was. This engine reads it as FP8 without being
+asked (tests/model/test_fp8_export.py); it follows the compressed-tensors layout vLLM reads, but has not
+been run there. It makes a real FP8 checkpoint from any supported model folder or GGUF file.
 """
 
 from __future__ import annotations
