@@ -13,7 +13,7 @@ declare -A REQUESTS=([micro-2000-200-16-100]=512 [multilevel]=256 [noshare]=256 
 names=("$@"); [[ ${#names[@]} -eq 0 ]] && names=(micro-2000-200-16-100 multilevel noshare realistic skewed micro-100-400-1-2000)
 for name in "${names[@]}"; do
   echo "== $name x${REQUESTS[$name]}"
-  timeout 300 python3 benchmarks/profile_engine.py --workload $name --requests ${REQUESTS[$name]} ${PROFILE_ARGS:-} \
+  timeout 420 python3 benchmarks/profile_engine.py --workload $name --requests ${REQUESTS[$name]} ${PROFILE_ARGS:-} \
       > $OUT/breakdown_$name.log 2>&1
   echo "rc=$?"
   grep -v "it/s\|USDT\|Warning\|warn" $OUT/breakdown_$name.log | tail -22
