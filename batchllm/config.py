@@ -90,19 +90,22 @@ def _require_fp8_gpu(device: torch.device, option: str, why: str, instead: str) 
 QUANTIZATIONS = (None, "fp8")
 
 
+def _check_quantization_name(quantization: Optional[str]) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
+
+
 def resolve_quantization(quantization: Optional[str], checkpoint_is_fp8: bool) -> Optional[str]:
     """The quantization an engine runs with: the one asked for; unset, "fp8" for a checkpoint stored in FP8
     (as vLLM reads quantization_config), else None. ValueError for a value not in QUANTIZATIONS."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
+    _check_quantization_name(quantization)
     return "fp8" if quantization is None and checkpoint_is_fp8 else quantization
 
 
 def check_quantization(quantization: Optional[str], device: torch.device) -> None:
     """ValueError when `device` cannot run this quantization: FP8 GEMMs need FP8 tensor cores, compute
     capability 8.9+ (Ada, Hopper and later). On CPU the reference path (dequantize, then matmul) runs."""
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization={quantization!r} is not supported; use one of {list(QUANTIZATIONS)}")
+    _check_quantization_name(quantization)
     if quantization is not None:
         _require_fp8_gpu(device, f"quantization={quantization!r}", "; FP8 tensor cores",
                          "leave quantization unset with a bf16/fp16 checkpoint")  # fmt: skip

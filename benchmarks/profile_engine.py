@@ -25,6 +25,7 @@ from batchllm.bench.breakdown import KernelRecord, summarize  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.roofline import iteration_floor_seconds, measure_device_rates  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
+from batchllm.config import QUANTIZATIONS  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PHASE_PREFIX = "phase:"
@@ -102,7 +103,7 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=18)
     parser.add_argument("--model", default=os.path.join(HERE, "models", "llama-3.1-8b"))
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quantization", default=None, choices=("fp8",))
+    parser.add_argument("--quantization", default=None, choices=[q for q in QUANTIZATIONS if q])
     parser.add_argument("--kv-cache-dtype", default="auto")
     args = parser.parse_args()
     on_gpu = args.device == "cuda"
@@ -122,12 +123,13 @@ def main() -> None:
     records, intervals = kernel_records(prof, on_gpu)
     print(summarize(records, wall, intervals, args.top).table())
     arch, device, block_size = llm.engine.runner.arch, llm.config.device, llm.config.cache.block_size
+    kv_bytes = llm.config.kv_dtype.itemsize
     del llm, prof
     if on_gpu:
         torch.cuda.empty_cache()
     rates = measure_device_rates(device, fp8=args.quantization == "fp8")  # with the engine gone: memory is free
     floors = iteration_floor_seconds(cols["batch_tokens"], cols["kv_blocks_used"], arch, rates, block_size,
-                                     kv_bytes=1 if args.kv_cache_dtype != "auto" else 2,
+                                     kv_bytes=kv_bytes,
                                      fp8_linears=args.quantization == "fp8")  # fmt: skip
     for phase, rows in (("with prompt tokens", cols["prefill_tokens"] > 0), ("pure decode", cols["prefill_tokens"] == 0)):
         spent, floor = cols["dt"][rows].sum(), floors[rows].sum()

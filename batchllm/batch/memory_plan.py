@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from batchllm.batch.store import CompactRequests
-from batchllm.config import CacheConfig
+from batchllm.config import KV_CACHE_DTYPES, CacheConfig
 from batchllm.model.arch_config import ArchConfig
 
 DEFAULT_BATCHED_TOKENS = 8192  # LLM's default token budget of one iteration with chunked prefill
@@ -20,7 +20,7 @@ def memory_plan(arch: ArchConfig, dtype: torch.dtype, device: torch.device, cach
     """Weights, activations, KV pool and concurrency of the job (the engine profiles activations at load)."""
     dtype_bytes = torch.finfo(dtype).bits // 8
     weights = arch.weight_bytes(dtype_bytes, fp8_linears=quantization == "fp8")  # fp8: decoder linears 1 byte
-    kv_per_token = arch.kv_bytes_per_token(dtype_bytes if cache.kv_cache_dtype == "auto" else 1)  # fp8: 1 byte
+    kv_per_token = arch.kv_bytes_per_token((KV_CACHE_DTYPES[cache.kv_cache_dtype] or dtype).itemsize)
     batched = max_num_batched_tokens or DEFAULT_BATCHED_TOKENS
     # Activations of the largest iteration: hidden states, q/k/v, MLP intermediates; logits of sampled rows.
     activations = batched * (6 * arch.hidden_size + arch.q_size + 2 * arch.kv_size + 3 * arch.intermediate_size) \

@@ -13,6 +13,8 @@ import sys
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
+    from batchllm.config import QUANTIZATIONS
+
     p = subparsers.add_parser("bench", help="benchmark a workload end to end (tokens/s, reuse, ratios, floor)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--workload", help="micro-S-D-k-O | multilevel | noshare | skewed | realistic")
@@ -28,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256, help="count cap of the vllm-like configurations")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--quantization", default=None, choices=("fp8",),
+    p.add_argument("--quantization", default=None, choices=[q for q in QUANTIZATIONS if q],
                    help="fp8: FP8 linear layers (the floor then counts their FLOPs at the measured FP8 matmul rate)")
     p.add_argument("--compare", default="batchllm", help="comma-separated configurations (first = ratio base)")
     p.add_argument("--hf-requests", type=int, default=0, help="also time transformers generate_batch on N requests")

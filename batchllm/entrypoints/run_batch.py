@@ -20,6 +20,7 @@ from typing import Optional
 from batchllm.batch.job import JobOptions, input_problem, model_name, run_batch_job, stderr_log
 from batchllm.batch.results_file import OutputLockedError, OutputRefusedError, ResultsFile
 from batchllm.batch.summary import format_summary
+from batchllm.config import KV_CACHE_DTYPES, QUANTIZATIONS
 
 DEMO_MAX_MODEL_LEN = 2048  # the demo model's context when --model is omitted (as `batchllm generate`)
 INT64 = (-(2**63), 2**63 - 1)
@@ -75,10 +76,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=0,
                    help="job seed; a sampled request without 'seed' gets one derived from it and its custom_id")
     e.add_argument("--block-size", type=int, default=16, help="KV block size in tokens (power of two)")
-    e.add_argument("--kv-cache-dtype", default="auto", choices=("auto", "fp8", "fp8_e4m3"),
+    e.add_argument("--kv-cache-dtype", default="auto", choices=tuple(KV_CACHE_DTYPES),
                    help="auto: KV in the model dtype; fp8 (= fp8_e4m3): float8 e4m3 with per-layer scales, twice "
                         "the KV blocks (GPUs of compute capability 8.9+, or the CPU)")
-    e.add_argument("--quantization", default=None, choices=("fp8",),
+    e.add_argument("--quantization", default=None, choices=[q for q in QUANTIZATIONS if q],
                    help="fp8: the decoder's linear layers in FP8 (weights per channel, quantized at load; activations "
                         "per token; GPUs of compute capability 8.9+, or the CPU's slow reference); default: none, "
                         "or the checkpoint's own FP8")
@@ -212,7 +213,8 @@ def llm_kwargs(args, model: str, max_model_len: Optional[int]) -> dict:
     return dict(model=model, dtype=args.dtype, device=args.device, load_format=args.load_format,
                 max_model_len=max_model_len, seed=args.seed,
                 block_size=args.block_size, gpu_memory_utilization=args.gpu_memory_utilization,
-                kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization, max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
+                kv_cache_dtype=args.kv_cache_dtype, quantization=args.quantization,
+                max_num_batched_tokens=args.max_num_batched_tokens, max_num_seqs=args.max_num_seqs,
                 skip_tokenizer_init=args.skip_tokenizer_init, scheduling=args.scheduling,
                 **scheduler_overrides(args))
 

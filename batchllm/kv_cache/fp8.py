@@ -23,6 +23,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
+# The one FP8 format of the engine (KV here, and the FP8 linear layers' weights and activations, model/fp8.py).
 FP8_KV_DTYPE = torch.float8_e4m3fn
 FP8_MAX = 448.0  # largest finite e4m3fn value; writes clamp to it (the format has no infinity)
 
@@ -60,9 +61,15 @@ def kv_scale(cache: torch.Tensor) -> torch.Tensor:
     return scale if scale is not None else attach_kv_scale(cache)
 
 
+def to_e4m3(scaled: torch.Tensor) -> torch.Tensor:
+    """Already-scaled fp32 values -> float8_e4m3fn, clamped to +-448 first (a cast of a value past 448 gives
+    NaN: the format has no infinity) and rounded to nearest even. Modifies `scaled` in place."""
+    return scaled.clamp_(-FP8_MAX, FP8_MAX).to(FP8_KV_DTYPE)
+
+
 def quantize_kv(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x [..., Hkv, D] -> float8_e4m3fn: divided by its head's scale, clamped to +-448, rounded to nearest."""
-    return (x.float() / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_KV_DTYPE)
+    return to_e4m3(x.float() / scale[:, None])
 
 
 def dequantize_kv(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

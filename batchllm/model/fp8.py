@@ -24,8 +24,9 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-FP8_DTYPE = torch.float8_e4m3fn
-FP8_MAX = 448.0
+from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, FP8_MAX, to_e4m3
+
+FP8_DTYPE = FP8_KV_DTYPE  # one e4m3 format for weights, activations and the KV cache
 # Floor of a row's amax: an all-zero row (CUDA-graph padding) gets a finite, positive scale and quantizes to 0.
 MIN_AMAX = 1e-12
 # The decoder's linear layers that run in FP8 (module paths inside each DecoderLayer).
@@ -46,8 +47,7 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [rows, K] (any float dtype) -> (float8_e4m3fn [rows, K], fp32 scales [rows]); see the module docstring."""
     xf = x.float()
     scale = xf.abs().amax(dim=-1).clamp_(min=MIN_AMAX) / FP8_MAX
-    # Clamp: x / scale may round just past 448, and a float -> e4m3fn cast turns that into NaN (no infinity).
-    q = (xf / scale[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+    q = to_e4m3(xf / scale[:, None])  # x / scale may round just past 448: to_e4m3 clamps
     return q, scale
 
 
@@ -162,20 +162,25 @@ class Fp8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, fp8"
 
 
+def _decoder_linears(model: nn.Module):
+    """(parent module, attribute name, module) of each FP8_LINEARS path in every layer of `model.layers`."""
+    for layer in model.layers:
+        for path in FP8_LINEARS:
+            parent_name, child = path.split(".")
+            parent = getattr(layer, parent_name)
+            yield parent, child, getattr(parent, child)
+
+
 def use_fp8_linears(model: nn.Module) -> list[Fp8Linear]:
     """Swap the decoder layers' linear layers (FP8_LINEARS of every module in `model.layers`) for empty
     Fp8Linear modules made on the current default device; returns them. The loader calls it on the meta
     model, so the full-precision weights of those layers are never allocated."""
     swapped = []
-    for layer in model.layers:
-        for path in FP8_LINEARS:
-            parent_name, child = path.split(".")
-            parent = getattr(layer, parent_name)
-            linear = getattr(parent, child)
-            with torch.device(linear.weight.device):
-                fp8 = Fp8Linear.like(linear)
-            setattr(parent, child, fp8)
-            swapped.append(fp8)
+    for parent, child, linear in list(_decoder_linears(model)):
+        with torch.device(linear.weight.device):
+            fp8 = Fp8Linear.like(linear)
+        setattr(parent, child, fp8)
+        swapped.append(fp8)
     return swapped
 
 
@@ -183,16 +188,12 @@ def use_fp8_linears(model: nn.Module) -> list[Fp8Linear]:
 def quantize_linears_(model: nn.Module) -> None:
     """Quantize an already loaded model's decoder linears in place (their weights read, then dropped): for
     comparing one loaded model in full precision and in FP8 without loading it twice."""
-    for layer in model.layers:
-        for path in FP8_LINEARS:
-            parent_name, child = path.split(".")
-            parent = getattr(layer, parent_name)
-            linear = getattr(parent, child)
-            if isinstance(linear, Fp8Linear):
-                continue
-            with torch.device(linear.weight.device):
-                fp8 = Fp8Linear.like(linear)
-            fp8.load_rows(0, linear.weight)
-            if linear.bias is not None:
-                fp8.bias.copy_(linear.bias)
-            setattr(parent, child, fp8)
+    for parent, child, linear in list(_decoder_linears(model)):
+        if isinstance(linear, Fp8Linear):
+            continue
+        with torch.device(linear.weight.device):
+            fp8 = Fp8Linear.like(linear)
+        fp8.load_rows(0, linear.weight)
+        if linear.bias is not None:
+            fp8.bias.copy_(linear.bias)
+        setattr(parent, child, fp8)

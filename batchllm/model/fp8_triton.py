@@ -14,8 +14,7 @@ import triton
 import triton.language as tl
 
 from batchllm.attention.triton.utils import is_interpreter, next_pow2
-
-_FP8_MAX = 448.0
+from batchllm.kv_cache.fp8 import FP8_MAX
 
 
 @triton.jit
@@ -69,7 +68,7 @@ def per_token_quant_fp8(x: torch.Tensor, min_amax: float) -> tuple[torch.Tensor,
         return q, scale
     block = min(2048, next_pow2(n))
     _per_token_quant_kernel[(rows,)](
-        x, q, scale, x.stride(0), q.stride(0), n, min_amax, FP8_MAX=_FP8_MAX, BLOCK=block,
+        x, q, scale, x.stride(0), q.stride(0), n, min_amax, FP8_MAX=FP8_MAX, BLOCK=block,
         NUM_BLOCKS=triton.cdiv(n, block),
         INTERPRET=is_interpreter(),
         num_warps=min(8, max(1, block // 256)),

@@ -1,9 +1,10 @@
 """The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels.
 
 An FP8 cache (KV_FP8) is widened to the query's dtype in registers right after each load (exact: every
-e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range) and its per-head scales are applied outside the tile loop: the
-K scale folded into the score scale, the V scale into the accumulator at the end. That equals
-dequantize-then-attend, without a multiply per KV element.
+e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range),
+and its per-head scales are applied outside the tile loop: the K scale folded into the score scale, the
+V scale into the accumulator at the end. That equals dequantize-then-attend, without a multiply per KV
+element.
 """
 
 from __future__ import annotations
