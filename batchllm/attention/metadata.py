@@ -80,6 +80,29 @@ class AttentionMetadata:
         return self.max_query_len == 1
 
 
+def fresh_prefill_metadata(
+    q_lens: list[int], block_size: int, device: torch.device
+) -> tuple[AttentionMetadata, torch.Tensor, int]:  # fmt: skip
+    """Sequences prefilled whole from position 0, each in its own contiguous run of blocks (sequence i in
+    blocks [i * n, (i + 1) * n), n = blocks of the longest): (metadata, positions [sum q_lens], blocks used).
+    For single passes outside the scheduler (peak-memory profiling, teacher-forced scoring)."""
+    per_seq = -(-max(q_lens) // block_size)
+    starts = [0]
+    for q in q_lens:
+        starts.append(starts[-1] + q)
+    block_tables = torch.arange(len(q_lens) * per_seq, dtype=torch.int32, device=device).view(len(q_lens), -1)
+    positions = torch.cat([torch.arange(q, device=device) for q in q_lens])
+    seq_index = torch.repeat_interleave(torch.arange(len(q_lens), device=device), torch.tensor(q_lens, device=device))
+    slots = block_tables[seq_index, positions // block_size].long() * block_size + positions % block_size
+    meta = AttentionMetadata(
+        query_start_loc=torch.tensor(starts, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(q_lens, dtype=torch.int32, device=device),
+        block_tables=block_tables, slot_mapping=slots, max_query_len=max(q_lens), max_seq_len=max(q_lens),
+        query_start_loc_cpu=starts, seq_lens_cpu=list(q_lens),
+    )  # fmt: skip
+    return meta, positions, len(q_lens) * per_seq
+
+
 def max_decode_segments(batch_size: int, num_levels: int) -> int:
     """Segments a pure-decode batch can have: every segment has >= 2 members, a level's are disjoint."""
     return num_levels * (batch_size // 2)

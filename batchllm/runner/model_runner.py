@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from batchllm.attention.backend import check_kv_cache_support, get_attention_backend
-from batchllm.attention.metadata import AttentionMetadata
+from batchllm.attention.metadata import fresh_prefill_metadata
 from batchllm.config import EngineConfig
 from batchllm.core.plan import SchedulerOutput
 from batchllm.core.preemption import PreemptionCosts
@@ -150,29 +150,11 @@ class ModelRunner:
         torch.cuda.reset_peak_memory_stats(self.device)
         tokens = self.config.scheduler.max_num_batched_tokens
         seq_len = min(tokens, self.config.max_model_len)
-        num_seqs = (tokens + seq_len - 1) // seq_len
-        blocks_per_seq = kv_blocks_needed(seq_len, self.block_size)
-        caches = allocate_kv_cache(self.arch, num_seqs * blocks_per_seq, self.block_size, self.config.kv_dtype, self.device)
         q_lens = [seq_len] * (tokens // seq_len) + ([tokens % seq_len] if tokens % seq_len else [])
-        starts = [0]
-        for q in q_lens:
-            starts.append(starts[-1] + q)
-        block_tables = torch.arange(num_seqs * blocks_per_seq, dtype=torch.int32, device=self.device).view(num_seqs, -1)
-        positions = torch.cat([torch.arange(q, device=self.device) for q in q_lens])
-        seq_index = torch.repeat_interleave(torch.arange(num_seqs, device=self.device), torch.tensor(q_lens, device=self.device))
-        slots = block_tables[seq_index, positions // self.block_size].long() * self.block_size + positions % self.block_size
-        meta = AttentionMetadata(
-            query_start_loc=torch.tensor(starts, dtype=torch.int32, device=self.device),
-            seq_lens=torch.tensor(q_lens, dtype=torch.int32, device=self.device),
-            block_tables=block_tables,
-            slot_mapping=slots,
-            max_query_len=max(q_lens),
-            max_seq_len=max(q_lens),
-            query_start_loc_cpu=starts,
-            seq_lens_cpu=q_lens,
-        )
+        meta, positions, num_blocks = fresh_prefill_metadata(q_lens, self.block_size, self.device)
+        caches = allocate_kv_cache(self.arch, num_blocks, self.block_size, self.config.kv_dtype, self.device)
         input_ids = torch.zeros(tokens, dtype=torch.long, device=self.device)
-        logits_index = torch.tensor([s - 1 for s in starts[1:]], device=self.device)
+        logits_index = meta.query_start_loc[1:].long() - 1
         self.model(input_ids, positions, caches, meta, self.backend, logits_index)
         torch.cuda.synchronize(self.device)
         del caches
