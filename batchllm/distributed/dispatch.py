@@ -178,6 +178,9 @@ class DataParallelExecutor:
             kind = event[0]
             if kind == "ready":
                 slot.ready, slot.info = True, event[1]
+                info = event[1]
+                self.log(f"  replica {index} ready: pid {info.pid} on {info.node} ({info.device}), "
+                         f"{info.num_kv_blocks:,} KV blocks")
             elif kind == "started":
                 slot.queued -= 1
             elif kind == "outputs":

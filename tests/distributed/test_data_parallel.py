@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -147,26 +149,50 @@ def _wait_for_lines(path: str, count: int, proc: subprocess.Popen, timeout: floa
     pytest.fail("the job wrote too few lines in time")
 
 
+def _read_in_background(stream) -> list[str]:
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(stream), daemon=True).start()
+    return lines
+
+
+def _wait_for_ready_pids(stderr_lines: list[str], count: int, proc: subprocess.Popen, timeout: float = 300) -> list:
+    """The pids of the replicas the driver has reported ready, in the order it did (from its log)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = [int(m.group(1)) for line in list(stderr_lines) if (m := re.search(r"ready: pid (\d+)", line))]
+        if len(pids) >= count:
+            return pids
+        if proc.poll() is not None:
+            pytest.fail("the job ended before its replicas were ready: " + "".join(stderr_lines)[-3000:])
+        time.sleep(0.05)
+    pytest.fail("the replicas were not ready in time")
+
+
 def test_replica_killed_mid_job_loses_and_doubles_nothing(long_job):
     model, inp, expected, root = long_job
     out, summary_path = str(root / "replica_kill.jsonl"), str(root / "replica_kill.json")
     proc = subprocess.Popen(_command(inp, out, "--model", model, "--data-parallel", "2", "--gpus-per-replica", "0",
                                      "--summary-json", summary_path),
                             env=_env(), stderr=subprocess.PIPE, text=True)
+    stderr_lines = _read_in_background(proc.stderr)
     try:
+        # The replica that became ready last holds work (on 2 slow cores one may load long after the other
+        # has started: killing a replica that never got a unit would rerun nothing).
+        victim = _wait_for_ready_pids(stderr_lines, 2, proc)[-1]
         _wait_for_lines(out, 60, proc)  # error lines come first; then results stream in
-        victims = _replica_pids()
-        assert len(victims) == 2, victims
-        os.kill(victims[0], signal.SIGKILL)  # the process itself, not a polite cancel
-        _, stderr = proc.communicate(timeout=600)
+        assert victim in _replica_pids()
+        os.kill(victim, signal.SIGKILL)  # the process itself, not a polite cancel
+        proc.wait(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
+    time.sleep(0.2)  # the reader thread takes the last lines
+    stderr = "".join(stderr_lines)
     assert proc.returncode == 0, stderr[-3000:]
     assert len(expected) < 1200 and sum(1 for _ in open(out)) == len(expected)
     assert _comparable(read_results(out)) == expected  # every custom_id exactly once, the same results
     dp = json.load(open(summary_path))["data_parallel"]
-    assert dp["failed_replicas"] == 1 and dp["rerun_units"] >= 1
+    assert dp["failed_replicas"] == 1 and dp["rerun_units"] >= 1, stderr[-3000:]
     assert "restart 1" in stderr
 
 
