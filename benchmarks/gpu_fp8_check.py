@@ -43,7 +43,7 @@ from batchllm.bench.workloads import make_workload, read_workload_jsonl
 from batchllm.entrypoints.demo_model import demo_model_path
 from batchllm.model.arch_config import load_arch_config
 from batchllm.model.fp8 import (
-    Fp8Linear, fp8_matmul_reference, fp8_matmul_scaled_mm, quantize_per_token, quantize_rows, scaled_mm_supported,
+    MIN_AMAX, Fp8Linear, fp8_matmul_reference, fp8_matmul_scaled_mm, quantize_per_token, quantize_rows, scaled_mm_supported,
 )  # fmt: skip
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -93,13 +93,55 @@ def kernels(device: torch.device, smoke: bool) -> dict:
             traceback.print_exc()
         rows.append(row)
         print(json.dumps(row), flush=True)
+    fused = fused_producers(device, smoke)
     rates = {}
     if device.type == "cuda":
         r = measure_device_rates(device, fp8=True)
         rates = {"bf16_tflops": r.matmul_flops_per_s / 1e12, "fp8_tflops": r.fp8_matmul_flops_per_s / 1e12,
                  "copy_gb_s": r.copy_bytes_per_s / 1e9}  # fmt: skip
         print(json.dumps(rates), flush=True)
-    return {"cases": rows, "rates": rates}
+    return {"cases": rows, "fused": fused, "rates": rates}
+
+
+@torch.no_grad()
+def fused_producers(device: torch.device, smoke: bool) -> list:
+    """RMSNorm -> FP8 and SiLU-mul -> FP8 in one kernel vs the plain kernel then the quantizer (llama-3.1-8b
+    widths; bf16): ms per call, eager and in a CUDA graph, and whether the FP8 bytes and scales are equal."""
+    from batchllm.model.fp8_triton import per_token_quant_fp8, rms_norm_fp8, silu_and_mul_fp8
+    from batchllm.model.triton_ops import rms_norm, silu_and_mul
+
+    hidden, inter = (64, 80) if smoke else (4096, 14336)
+    out = []
+    for m in ((3,) if smoke else (64, 256, 2048, 8192)):
+        g = torch.Generator(device=device).manual_seed(m)
+        x = torch.randn(m, hidden, device=device, generator=g, dtype=torch.bfloat16)
+        residual = torch.randn(m, hidden, device=device, generator=g, dtype=torch.bfloat16)
+        weight = torch.rand(hidden, device=device, generator=g, dtype=torch.bfloat16) + 0.5
+        gate_up = torch.randn(m, 2 * inter, device=device, generator=g, dtype=torch.bfloat16)
+        cases = {
+            "rms_norm": (lambda: rms_norm_fp8(x, weight, 1e-5, MIN_AMAX, residual),
+                         lambda: per_token_quant_fp8(rms_norm(x, weight, 1e-5, residual), MIN_AMAX)),
+            "silu_and_mul": (lambda: silu_and_mul_fp8(gate_up, MIN_AMAX),
+                             lambda: per_token_quant_fp8(silu_and_mul(gate_up), MIN_AMAX)),
+        }  # fmt: skip
+        for name, (fused_call, plain_call) in cases.items():
+            row = {"op": name, "rows": m}
+            try:
+                start = residual.clone()  # both add x into the residual: the same start for each
+                q, sq = fused_call()
+                residual.copy_(start)
+                q2, sq2 = plain_call()
+                row["equal"] = bool(torch.equal(q.float(), q2.float()) and torch.equal(sq, sq2))
+                row["ms_fused"], row["ms_plain"] = ms_per_call(fused_call), ms_per_call(plain_call)
+                if device.type == "cuda":
+                    row["graph_ms_fused"] = graph_ms_per_call(fused_call)
+                    row["graph_ms_plain"] = graph_ms_per_call(plain_call)
+            except Exception as err:
+                row["error"] = f"{type(err).__name__}: {err}"
+                traceback.print_exc()
+            out.append(row)
+            print(json.dumps(row), flush=True)
+    return out
 
 
 def _release() -> None:
@@ -265,6 +307,13 @@ def _print_table(results: dict, path: str) -> None:
         print(f"{r['shape']:<20}{r.get('scaled_mm_vs_ref_max_rel', float('nan')):>10.1e}{r['ref_vs_bf16_rel_rms']:>12.4f}"
               f"{r['quant_mismatching_bytes']:>12}{r['ms_fp8_linear']:>8.3f}{r['ms_bf16_linear']:>8.3f}"
               f"{r.get('graph_ms_fp8_linear', float('nan')):>10.3f}{r.get('graph_ms_bf16_linear', float('nan')):>11.3f}")  # fmt: skip
+    for r in k.get("fused", []):
+        if "error" in r:
+            print(f"fused {r['op']} x{r['rows']} ERROR {r['error'][:80]}")
+            continue
+        print(f"fused {r['op']:<13} x{r['rows']:<6} equal {r['equal']!s:<6} ms fused {r['ms_fused']:.4f} plain "
+              f"{r['ms_plain']:.4f}; graph {r.get('graph_ms_fused', float('nan')):.4f} vs "
+              f"{r.get('graph_ms_plain', float('nan')):.4f}")  # fmt: skip
     if k.get("rates"):
         print(f"8192^3 matmul: bf16 {k['rates']['bf16_tflops']:.0f} TFLOP/s, fp8 {k['rates']['fp8_tflops']:.0f} TFLOP/s")
     if "error" in k:

@@ -43,6 +43,34 @@ class Fp8Rows(NamedTuple):
         return (self.weight.float() * self.scale[:, None]).to(dtype)
 
 
+class Fp8Activations(NamedTuple):
+    """Activations already quantized per token by the kernel that produced them (values [M, K] e4m3fn, scales
+    [M, 1] fp32) and the dtype they would have had: what a norm or SiLU-mul hands the Fp8Linear after it."""
+
+    values: torch.Tensor
+    scale: torch.Tensor
+    dtype: torch.dtype
+
+
+def rms_norm_to_fp8(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: Optional[torch.Tensor] = None
+) -> Fp8Activations:
+    """RMSNorm (CUDA, fused kernel) with its output quantized per token in the same kernel; with `residual`,
+    x + residual is written back into it. Equal to `quantize_per_token` of the plain fused norm."""
+    from batchllm.model.fp8_triton import rms_norm_fp8
+
+    values, scale = rms_norm_fp8(x, weight, eps, MIN_AMAX, residual)
+    return Fp8Activations(values, scale, x.dtype)
+
+
+def silu_and_mul_to_fp8(gate_up: torch.Tensor) -> Fp8Activations:
+    """silu(gate) * up (CUDA, fused kernel) quantized per token in the same kernel."""
+    from batchllm.model.fp8_triton import silu_and_mul_fp8
+
+    values, scale = silu_and_mul_fp8(gate_up, MIN_AMAX)
+    return Fp8Activations(values, scale, gate_up.dtype)
+
+
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [rows, K] (any float dtype) -> (float8_e4m3fn [rows, K], fp32 scales [rows]); see the module docstring."""
     xf = x.float()
@@ -146,14 +174,18 @@ class Fp8Linear(nn.Module):
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         return dequantize_rows(self.weight, self.weight_scale).to(dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lead = x.shape[:-1]
-        x2 = x.reshape(-1, self.in_features)
-        xq, x_scale = quantize_per_token(x2)
-        if self.tensor_core_shape and scaled_mm_supported(x2.device):
-            out = fp8_matmul_scaled_mm(xq, x_scale, self.weight, self.weight_scale, x.dtype)
+    def forward(self, x: torch.Tensor | Fp8Activations) -> torch.Tensor:
+        """x: activations [..., K] (quantized here) or, from a fused producer, already quantized [M, K]."""
+        if isinstance(x, Fp8Activations):
+            xq, x_scale, dtype = x
+            lead = xq.shape[:-1]
         else:
-            out = fp8_matmul_reference(xq, x_scale, self.weight, self.weight_scale, x.dtype)
+            lead, dtype = x.shape[:-1], x.dtype
+            xq, x_scale = quantize_per_token(x.reshape(-1, self.in_features))
+        if self.tensor_core_shape and scaled_mm_supported(xq.device):
+            out = fp8_matmul_scaled_mm(xq, x_scale, self.weight, self.weight_scale, dtype)
+        else:
+            out = fp8_matmul_reference(xq, x_scale, self.weight, self.weight_scale, dtype)
         if self.bias is not None:
             out = out + self.bias
         return out.view(*lead, self.out_features)
@@ -171,6 +203,15 @@ def _decoder_linears(model: nn.Module):
             yield parent, child, getattr(parent, child)
 
 
+def _quantize_at_producers(model: nn.Module) -> None:
+    """The norms before qkv_proj and gate_up_proj, and the SiLU-mul before down_proj, hand their FP8
+    consumers quantized activations (one fused kernel each on CUDA; elsewhere the Fp8Linear quantizes)."""
+    for layer in model.layers:
+        layer.input_layernorm.fp8_output = True
+        layer.post_attention_layernorm.fp8_output = True
+        layer.mlp.fp8_output = True
+
+
 def use_fp8_linears(model: nn.Module) -> list[Fp8Linear]:
     """Swap the decoder layers' linear layers (FP8_LINEARS of every module in `model.layers`) for empty
     Fp8Linear modules made on the current default device; returns them. The loader calls it on the meta
@@ -181,6 +222,7 @@ def use_fp8_linears(model: nn.Module) -> list[Fp8Linear]:
             fp8 = Fp8Linear.like(linear)
         setattr(parent, child, fp8)
         swapped.append(fp8)
+    _quantize_at_producers(model)
     return swapped
 
 
@@ -197,3 +239,4 @@ def quantize_linears_(model: nn.Module) -> None:
         if linear.bias is not None:
             fp8.bias.copy_(linear.bias)
         setattr(parent, child, fp8)
+    _quantize_at_producers(model)

@@ -20,13 +20,20 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(size))
         self.eps = eps
+        self.fp8_output = False  # set when the layer it feeds is an Fp8Linear (model/fp8.py)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None):
-        """norm(x); with a residual, (norm(x + residual), x + residual) (the residual stream updated)."""
+        """norm(x); with a residual, (norm(x + residual), x + residual) (the residual stream updated).
+        With `fp8_output` on CUDA, norm(...) comes quantized per token (`fp8.Fp8Activations`)."""
         if use_fused_kernels(x):
-            from batchllm.model.triton_ops import rms_norm
+            if self.fp8_output:
+                from batchllm.model.fp8 import rms_norm_to_fp8
 
-            out = rms_norm(x, self.weight, self.eps, residual)  # updates `residual` in place
+                out = rms_norm_to_fp8(x, self.weight, self.eps, residual)
+            else:
+                from batchllm.model.triton_ops import rms_norm
+
+                out = rms_norm(x, self.weight, self.eps, residual)  # updates `residual` in place
             return out if residual is None else (out, residual)
         if residual is None:
             return self._norm(x)
@@ -97,10 +104,15 @@ class SwiGLU(nn.Module):
         self.intermediate = intermediate
         self.gate_up_proj = nn.Linear(hidden, 2 * intermediate, bias=False)
         self.down_proj = nn.Linear(intermediate, hidden, bias=False)
+        self.fp8_output = False  # set when down_proj is an Fp8Linear: SiLU-mul then quantizes (model/fp8.py)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x) -> torch.Tensor:
         gate_up = self.gate_up_proj(x)
         if use_fused_kernels(gate_up):
+            if self.fp8_output:
+                from batchllm.model.fp8 import silu_and_mul_to_fp8
+
+                return self.down_proj(silu_and_mul_to_fp8(gate_up))
             from batchllm.model.triton_ops import silu_and_mul
 
             return self.down_proj(silu_and_mul(gate_up))

@@ -24,13 +24,9 @@ from batchllm.attention.triton.utils import next_pow2
 
 
 @triton.jit
-def _rms_norm_kernel(
-    x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, n_cols, eps,
-    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK)
-    ok = cols < n_cols
+def rms_normed_row(x_ptr, res_ptr, row, stride_x, stride_r, cols, ok, n_cols, eps, HAS_RESIDUAL: tl.constexpr):
+    """One row normalised (before the weight), in the activation dtype; with a residual, of x + residual,
+    which is written back. Shared by the plain and the FP8-output kernels, so both round alike."""
     x = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
     if HAS_RESIDUAL:
         r = tl.load(res_ptr + row * stride_r + cols, mask=ok, other=0.0)
@@ -38,7 +34,18 @@ def _rms_norm_kernel(
         tl.store(res_ptr + row * stride_r + cols, x, mask=ok)
     h = x.to(tl.float32)
     var = tl.sum(h * h, axis=0) / n_cols
-    h = (h * (1.0 / tl.sqrt_rn(var + eps))).to(x.dtype)  # normalised in fp32, cast back (as transformers)
+    return (h * (1.0 / tl.sqrt_rn(var + eps))).to(x.dtype)  # normalised in fp32, cast back (as transformers)
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, res_ptr, w_ptr, out_ptr, stride_x, stride_r, stride_o, n_cols, eps,
+    HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    ok = cols < n_cols
+    h = rms_normed_row(x_ptr, res_ptr, row, stride_x, stride_r, cols, ok, n_cols, eps, HAS_RESIDUAL)
     w = tl.load(w_ptr + cols, mask=ok, other=0.0)
     out = (w.to(tl.float32) * h.to(tl.float32)).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * stride_o + cols, out, mask=ok)
@@ -67,15 +74,22 @@ def rms_norm(
 
 
 @triton.jit
+def silu_and_mul_values(x_ptr, row, stride_x, n_cols, cols, ok):
+    """silu(gate) * up for some columns of one row, in fp32 (the silu rounded to the dtype first, as
+    PyTorch's silu output is); the caller rounds the product."""
+    gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
+    up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=ok, other=0.0)
+    g = gate.to(tl.float32)
+    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)
+    return act.to(tl.float32) * up.to(tl.float32)
+
+
+@triton.jit
 def _silu_and_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     ok = cols < n_cols
-    gate = tl.load(x_ptr + row * stride_x + cols, mask=ok, other=0.0)
-    up = tl.load(x_ptr + row * stride_x + n_cols + cols, mask=ok, other=0.0)
-    g = gate.to(tl.float32)
-    act = (g / (1.0 + tl.exp(-g))).to(gate.dtype)  # silu, rounded as PyTorch's silu output
-    out = (act.to(tl.float32) * up.to(tl.float32)).to(out_ptr.dtype.element_ty)
+    out = silu_and_mul_values(x_ptr, row, stride_x, n_cols, cols, ok).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + row * stride_o + cols, out, mask=ok)
 
 
