@@ -22,32 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton.utils import is_interpreter, next_pow2
+from batchllm.attention.triton.utils import is_interpreter, next_pow2, quantize_e4m3
 from batchllm.kv_cache.fp8 import FP8_MAX
 from batchllm.model.triton_ops import rms_normed_row, silu_and_mul_values
-
-
-@triton.jit
-def _round_to_e4m3(v):
-    """v (fp32, |v| <= 448) rounded to nearest even on the e4m3 grid, in fp32 arithmetic. Only under the
-    interpreter, whose float -> fp8 cast does not round to nearest (125.6 gives 64, not 128; 0.00104 gives
-    0, not 2^-9); the GPU's cast does. Normals keep 3 of fp32's 23 mantissa bits; below 2^-6
-    (e4m3 subnormals) the step is 2^-9, which adding and subtracting 2^14 rounds to."""
-    bits = v.to(tl.int32, bitcast=True)
-    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
-    big = tl.full(v.shape, 16384.0, tl.float32)  # a tensor, not a scalar: the interpreter adds those in fp64
-    magnitude = (tl.abs(v) + big) - big  # of |v|: just below 2^14 the fp32 step halves
-    subnormal = tl.where(bits < 0, -magnitude, magnitude)
-    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
-
-
-@triton.jit
-def _quantized(x, scale, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
-    """fp32 values over their row's scale, clamped to +-448 and (in the interpreter) rounded to e4m3."""
-    q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
-    if INTERPRET:
-        q = _round_to_e4m3(q)
-    return q
 
 
 @triton.jit
@@ -69,7 +46,7 @@ def _per_token_quant_kernel(
         cols = i * BLOCK + tl.arange(0, BLOCK)
         ok = cols < n_cols
         x = tl.load(x_row + cols, mask=ok, other=0.0).to(tl.float32)
-        q = _quantized(x, scale, FP8_MAX, INTERPRET)
+        q = quantize_e4m3(x, scale, FP8_MAX, INTERPRET)
         tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(scale_ptr + row, scale)
 
@@ -86,7 +63,7 @@ def _rms_norm_fp8_kernel(
     w = tl.load(w_ptr + cols, mask=ok, other=0.0)
     out = (w.to(tl.float32) * h.to(tl.float32)).to(h.dtype).to(tl.float32)  # what rms_norm would store
     scale = tl.maximum(tl.max(tl.abs(out), axis=0), min_amax) / FP8_MAX
-    q = _quantized(out, scale, FP8_MAX, INTERPRET)
+    q = quantize_e4m3(out, scale, FP8_MAX, INTERPRET)
     tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(scale_ptr + row, scale)
 
@@ -110,7 +87,7 @@ def _silu_and_mul_fp8_kernel(
         cols = i * BLOCK + tl.arange(0, BLOCK)
         ok = cols < n_cols
         out = silu_and_mul_values(x_ptr, row, stride_x, n_cols, cols, ok).to(x_ptr.dtype.element_ty)
-        q = _quantized(out.to(tl.float32), scale, FP8_MAX, INTERPRET)
+        q = quantize_e4m3(out.to(tl.float32), scale, FP8_MAX, INTERPRET)
         tl.store(q_ptr + row * stride_q + cols, q.to(q_ptr.dtype.element_ty), mask=ok)
     tl.store(scale_ptr + row, scale)
 

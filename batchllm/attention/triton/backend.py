@@ -8,9 +8,11 @@ from batchllm.attention.kv_store import write_kv_cache
 from batchllm.attention.metadata import AttentionMetadata
 from batchllm.attention.triton import paged, shared_prefix_kernels
 from batchllm.attention.triton.graph_plan import DecodeGraphPlanner
+from batchllm.attention.triton.kv_write import store_kv_fp8
 from batchllm.attention.triton.paged import paged_attention_triton
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton
 from batchllm.attention.triton.warmup import precompile_shared_prefix_kernels
+from batchllm.kv_cache.fp8 import is_fp8
 
 
 class TritonBackend:
@@ -36,7 +38,10 @@ class TritonBackend:
         meta: AttentionMetadata,
         scale: float,
     ) -> torch.Tensor:
-        write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
+        if is_fp8(k_cache.dtype):
+            store_kv_fp8(key, value, k_cache, v_cache, meta.slot_mapping)  # one launch instead of ten
+        else:
+            write_kv_cache(key, value, k_cache, v_cache, meta.slot_mapping)
         if self.supports_shared_prefix and meta.shared is not None:
             return shared_prefix_attention_triton(query, k_cache, v_cache, meta, scale, cascade=self.cascade)
         return paged_attention_triton(query, k_cache, v_cache, meta, scale)

@@ -90,3 +90,27 @@ def dot_acc(a, b, acc, UPCAST: tl.constexpr, PRECISION: tl.constexpr):
     else:
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
     return acc
+
+
+@triton.jit
+def round_to_e4m3(v):
+    """v (fp32, |v| <= 448) rounded to nearest even on the e4m3 grid, in fp32 arithmetic. Only under the
+    interpreter, whose float -> fp8 cast does not round to nearest (125.6 gives 64, not 128; 0.00104 gives
+    0, not 2^-9); the GPU's cast does. Normals keep 3 of fp32's 23 mantissa bits; below 2^-6
+    (e4m3 subnormals) the step is 2^-9, which adding and subtracting 2^14 rounds to."""
+    bits = v.to(tl.int32, bitcast=True)
+    normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -1048576).to(tl.float32, bitcast=True)
+    big = tl.full(v.shape, 16384.0, tl.float32)  # a tensor, not a scalar: the interpreter adds those in fp64
+    magnitude = (tl.abs(v) + big) - big  # of |v|: just below 2^14 the fp32 step halves
+    subnormal = tl.where(bits < 0, -magnitude, magnitude)
+    return tl.where(tl.abs(v) < 0.015625, subnormal, normal)
+
+
+@triton.jit
+def quantize_e4m3(x, scale, FP8_MAX: tl.constexpr, INTERPRET: tl.constexpr):
+    """fp32 values over their scale, clamped to +-FP8_MAX and (in the interpreter) rounded to e4m3: the
+    values `kv_cache.fp8.to_e4m3(x / scale)` casts, with a correctly rounded division."""
+    q = tl.minimum(tl.maximum(tl.math.div_rn(x, scale), -FP8_MAX), FP8_MAX)
+    if INTERPRET:
+        q = round_to_e4m3(q)
+    return q
