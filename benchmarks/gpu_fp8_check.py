@@ -105,8 +105,12 @@ def kernels(device: torch.device, smoke: bool) -> dict:
 
 @torch.no_grad()
 def fused_producers(device: torch.device, smoke: bool) -> list:
-    """RMSNorm -> FP8 and SiLU-mul -> FP8 in one kernel vs the plain kernel then the quantizer (llama-3.1-8b
-    widths; bf16): ms per call, eager and in a CUDA graph, and whether the FP8 bytes and scales are equal."""
+    """RMSNorm -> FP8 and SiLU-mul -> FP8 in one kernel vs the plain kernel then the quantizer, and the one-launch
+    FP8 KV store vs the PyTorch one (llama-3.1-8b widths; bf16): ms per call, eager and in a CUDA graph, and
+    whether the FP8 bytes and scales are equal."""
+    from batchllm.attention.kv_store import write_kv_cache
+    from batchllm.attention.triton.kv_write import store_kv_fp8
+    from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, attach_kv_scale
     from batchllm.model.fp8_triton import per_token_quant_fp8, rms_norm_fp8, silu_and_mul_fp8
     from batchllm.model.triton_ops import rms_norm, silu_and_mul
 
@@ -118,20 +122,39 @@ def fused_producers(device: torch.device, smoke: bool) -> list:
         residual = torch.randn(m, hidden, device=device, generator=g, dtype=torch.bfloat16)
         weight = torch.rand(hidden, device=device, generator=g, dtype=torch.bfloat16) + 0.5
         gate_up = torch.randn(m, 2 * inter, device=device, generator=g, dtype=torch.bfloat16)
-        cases = {
+        heads, dim, blocks = (2, 32, 8) if smoke else (8, 128, 4096)
+        key, value = (torch.randn(m, heads, dim, device=device, generator=g, dtype=torch.bfloat16) for _ in "kv")
+        slots = torch.randperm(blocks * 16, device=device, generator=g)[:m]
+        caches = [torch.zeros(blocks, 16, heads, dim, device=device, dtype=torch.uint8).view(FP8_KV_DTYPE) for _ in range(4)]
+        for cache in caches:
+            attach_kv_scale(cache, torch.full((heads,), 0.5, device=device))
+        start = residual.clone()  # the norms add x into the residual: each check starts from the same one
+
+        def same_fp8(fused_call, plain_call) -> bool:
+            residual.copy_(start)
+            q, sq = fused_call()
+            residual.copy_(start)
+            q2, sq2 = plain_call()
+            return bool(torch.equal(q.float(), q2.float()) and torch.equal(sq, sq2))
+
+        cases = {  # name: (fused, plain, do they give the same FP8 values)
             "rms_norm": (lambda: rms_norm_fp8(x, weight, 1e-5, MIN_AMAX, residual),
                          lambda: per_token_quant_fp8(rms_norm(x, weight, 1e-5, residual), MIN_AMAX)),
             "silu_and_mul": (lambda: silu_and_mul_fp8(gate_up, MIN_AMAX),
                              lambda: per_token_quant_fp8(silu_and_mul(gate_up), MIN_AMAX)),
+            "kv_store": (lambda: store_kv_fp8(key, value, caches[0], caches[1], slots),
+                         lambda: write_kv_cache(key, value, caches[2], caches[3], slots)),
         }  # fmt: skip
         for name, (fused_call, plain_call) in cases.items():
             row = {"op": name, "rows": m}
             try:
-                start = residual.clone()  # both add x into the residual: the same start for each
-                q, sq = fused_call()
-                residual.copy_(start)
-                q2, sq2 = plain_call()
-                row["equal"] = bool(torch.equal(q.float(), q2.float()) and torch.equal(sq, sq2))
+                if name == "kv_store":
+                    fused_call(), plain_call()
+                    row["equal"] = all(bool(torch.equal(a.view(-1, heads, dim)[slots].float(),
+                                                        b.view(-1, heads, dim)[slots].float()))
+                                       for a, b in ((caches[0], caches[2]), (caches[1], caches[3])))  # fmt: skip
+                else:
+                    row["equal"] = same_fp8(fused_call, plain_call)
                 row["ms_fused"], row["ms_plain"] = ms_per_call(fused_call), ms_per_call(plain_call)
                 if device.type == "cuda":
                     row["graph_ms_fused"] = graph_ms_per_call(fused_call)
