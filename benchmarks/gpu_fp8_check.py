@@ -125,7 +125,8 @@ def fused_producers(device: torch.device, smoke: bool) -> list:
         heads, dim, blocks = (2, 32, 8) if smoke else (8, 128, 4096)
         key, value = (torch.randn(m, heads, dim, device=device, generator=g, dtype=torch.bfloat16) for _ in "kv")
         slots = torch.randperm(blocks * 16, device=device, generator=g)[:m]
-        caches = [torch.zeros(blocks, 16, heads, dim, device=device, dtype=torch.uint8).view(FP8_KV_DTYPE) for _ in range(4)]
+        caches = [torch.zeros(blocks, 16, heads, dim, device=device, dtype=torch.uint8).view(FP8_KV_DTYPE)
+                  for _ in range(4)]  # fmt: skip
         for cache in caches:
             attach_kv_scale(cache, torch.full((heads,), 0.5, device=device))
         start = residual.clone()  # the norms add x into the residual: each check starts from the same one

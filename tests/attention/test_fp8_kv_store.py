@@ -19,7 +19,8 @@ NAN_BYTE = 0x7F  # e4m3fn NaN: every slot the store must not touch keeps it
 def _caches(blocks: int, block_size: int, heads: int, dim: int, scales: tuple) -> tuple:
     out = []
     for scale in scales:
-        cache = torch.full((blocks, block_size, heads, dim), NAN_BYTE, dtype=torch.uint8, device=DEVICE).view(FP8_KV_DTYPE)
+        shape = (blocks, block_size, heads, dim)
+        cache = torch.full(shape, NAN_BYTE, dtype=torch.uint8, device=DEVICE).view(FP8_KV_DTYPE)
         attach_kv_scale(cache, torch.tensor(scale, device=DEVICE))
         out.append(cache)
     return out

@@ -57,4 +57,5 @@ def test_gpu_fp8_check_smoke(tmp_path):
     assert "tiny-llama bf16 kv-fp8 micro-32-8-2-4 x8" in out and "fp8 " in out.split("tiny-llama micro-64-16-4-4: ")[1]
     assert (tmp_path / "micro-32-8-2-4-x8.jsonl").is_file()  # the file a peer engine would time
     assert "perplexity bf16" in out and (tmp_path / "gpu_fp8_check.json").is_file()
-    assert all(f"fused {op:<13} x3      equal True" in out for op in ("rms_norm", "silu_and_mul", "kv_store")), out[-2000:]
+    fused_ops = ("rms_norm", "silu_and_mul", "kv_store")
+    assert all(f"fused {op:<13} x3      equal True" in out for op in fused_ops), out[-2000:]
