@@ -5,7 +5,7 @@
 # and on micro; then the table (benchmarks/scaling_report.py).
 # Workloads sized so one replica takes 2-4 minutes on an H200: realistic x8192 (150 s measured on one H200,
 # 2026-12-03) and micro-2000-200-16-100 x10240 (~135 s: 13.5 s per 1024).
-# Needs, copied by earlier calls of the lease: vLLM's wheels in /root/peer and Ray's in /root/ray
+# Needs, copied by earlier calls of the lease: vLLM's wheels in /root/peer and Ray's in /root/peer/ray
 # (../shared/peers/README.md: fetch_vllm_wheels.sh; fetch_wheels.sh ray ray==2.60.0 jsonschema ...).
 # usage: R=/root/res setsid bash benchmarks/gpu_scaling.sh </dev/null >/root/res.log 2>&1 &   (~22 minutes)
 #        then poll for $R/DONE; env: REAL=8192 MICRO=10240 G=<GPUs> SKIP_VLLM=1 SMOKE=1 (CPU check)
@@ -20,7 +20,7 @@ if [[ -n "${SMOKE:-}" ]]; then  # CPU: the tiny model, CPU replicas, no vLLM
 else
   M=benchmarks/models/llama-3.1-8b G=${G:-$(nvidia-smi -L | wc -l)} VOCAB=128256 GPUS_PER_REPLICA=1
   MICRO_NAME=micro-2000-200-16-100 EXTRA=(--dtype bfloat16)
-  for d in /root/peer /root/ray; do
+  for d in /root/peer /root/peer/ray; do
     [[ -d $d ]] && [[ ! -f $d/.installed ]] && (cd $d && cat p?? | tar x && python3 -m pip install -q --no-index \
       --no-deps --no-compile --target /root/site ./*.whl && touch .installed)
   done
