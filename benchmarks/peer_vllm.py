@@ -4,13 +4,15 @@ optionally `quantization="fp8"` (weights per channel at load, activations per to
 `kv_cache_dtype="fp8"`, the way vLLM users ask for them. One JSON line per file.
 usage: PYTHONPATH=/root/site python3 benchmarks/peer_vllm.py MODEL_DIR [--quantization fp8]
        [--kv-cache-dtype fp8] FILE.jsonl [FILE2.jsonl ...]"""
+
+from __future__ import annotations
+
 import argparse
 import json
 import os
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-from vllm import LLM, SamplingParams  # noqa: E402
+from peer_common import greedy_params, prompts, read_requests, start_engine
 
 
 def main() -> None:
@@ -22,20 +24,15 @@ def main() -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.88)
     args = parser.parse_args()
     config = (args.quantization or "bf16") + ("" if args.kv_cache_dtype == "auto" else f" kv-{args.kv_cache_dtype}")
-    t = time.perf_counter()
-    llm = LLM(model=args.model, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
-              enable_prefix_caching=True, max_model_len=8192, gpu_memory_utilization=args.gpu_memory_utilization,
-              seed=0, quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
-    print(json.dumps({"peer": "vllm", "config": config, "engine_start_s": round(time.perf_counter() - t, 1)}),
-          flush=True)
-    llm.generate([{"prompt_token_ids": [5] * 64}] * 8, SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
+    llm, start_s = start_engine(args.model, gpu_memory_utilization=args.gpu_memory_utilization,
+                                quantization=args.quantization, kv_cache_dtype=args.kv_cache_dtype)
+    print(json.dumps({"peer": "vllm", "config": config, "engine_start_s": round(start_s, 1)}), flush=True)
     for path in args.files:
-        reqs = [json.loads(line) for line in open(path) if line.strip()]
-        params = [SamplingParams(max_tokens=r["max_tokens"], ignore_eos=True, temperature=0.0, detokenize=False)
-                  for r in reqs]
+        reqs = read_requests(path)
+        params = greedy_params(reqs)
         llm.reset_prefix_cache()
         t = time.perf_counter()
-        outs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in reqs], params, use_tqdm=False)
+        outs = llm.generate(prompts(reqs), params, use_tqdm=False)
         dt = time.perf_counter() - t
         gen = sum(len(o.outputs[0].token_ids) for o in outs)
         prompt = sum(len(r["prompt_token_ids"]) for r in reqs)
@@ -44,4 +41,5 @@ def main() -> None:
                           "output_tokens": gen, "tokens_per_s": round((prompt + gen) / dt)}), flush=True)
 
 
-main()
+if __name__ == "__main__":
+    main()

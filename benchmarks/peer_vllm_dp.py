@@ -18,8 +18,7 @@ import json
 import os
 import time
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-from vllm import LLM, SamplingParams  # noqa: E402
+from peer_common import greedy_params, prompts, read_requests, start_engine
 
 
 def shard(items: list, rank: int, parts: int) -> list:
@@ -53,24 +52,18 @@ def main() -> None:
         parser.error(f"--rank {args.rank}, --world {args.world}, --phases {args.phases}: need 0 <= rank < world "
                      "and every phase between 1 and world")
     os.makedirs(args.sync, exist_ok=True)
-    t = time.perf_counter()
-    llm = LLM(model=args.model, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True,
-              enable_prefix_caching=True, max_model_len=8192, gpu_memory_utilization=args.gpu_memory_utilization,
-              seed=0)
-    print(json.dumps({"peer": "vllm", "rank": args.rank, "engine_start_s": round(time.perf_counter() - t, 1)}),
-          flush=True)
-    llm.generate([{"prompt_token_ids": [5] * 64}] * 8, SamplingParams(max_tokens=8, ignore_eos=True), use_tqdm=False)
-    reqs = [json.loads(line) for line in open(args.file) if line.strip()]
+    llm, start_s = start_engine(args.model, gpu_memory_utilization=args.gpu_memory_utilization)
+    print(json.dumps({"peer": "vllm", "rank": args.rank, "engine_start_s": round(start_s, 1)}), flush=True)
+    reqs = read_requests(args.file)
     for index, n in enumerate(phases):
         llm.reset_prefix_cache()
         barrier(args.sync, f"phase{index}", args.rank, args.world)
         if args.rank >= n:
             continue
         mine = shard(reqs, args.rank, n)
-        params = [SamplingParams(max_tokens=r["max_tokens"], ignore_eos=True, temperature=0.0, detokenize=False)
-                  for r in mine]
+        params = greedy_params(mine)
         start = time.time()
-        outs = llm.generate([{"prompt_token_ids": r["prompt_token_ids"]} for r in mine], params, use_tqdm=False)
+        outs = llm.generate(prompts(mine), params, use_tqdm=False)
         end = time.time()
         print(json.dumps({"peer": "vllm 0.26.0", "workload": os.path.basename(args.file), "replicas": n,
                           "rank": args.rank, "requests": len(mine), "start": start, "end": end,

@@ -14,53 +14,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from batchllm.bench.scaling import markdown, run_from_summary, runs_from_peer_lines, scaling_table
+from tests.bench.fake_vllm import write_fake_vllm
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SCRIPT = os.path.join(ROOT, "benchmarks", "peer_vllm_dp.py")
-FAKE_VLLM = '''
-class SamplingParams:
-    def __init__(self, max_tokens=16, **kw):
-        self.max_tokens = max_tokens
-
-class _Completion:
-    def __init__(self, n):
-        self.token_ids = [0] * n
-
-class _Output:
-    def __init__(self, n):
-        self.outputs = [_Completion(n)]
-
-class LLM:
-    def __init__(self, **kw):
-        pass
-
-    def generate(self, prompts, params, use_tqdm=False):
-        if not isinstance(params, list):
-            params = [params] * len(prompts)
-        return [_Output(p.max_tokens) for p in params]
-
-    def reset_prefix_cache(self):
-        pass
-'''
 
 
 @pytest.fixture()
 def fake_vllm(tmp_path):
-    (tmp_path / "vllm").mkdir()
-    (tmp_path / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    return str(tmp_path)
+    return write_fake_vllm(str(tmp_path / "fake"))
 
 
 def _load_peer_module(fake_vllm: str):
-    sys.path.insert(0, fake_vllm)
+    paths = [fake_vllm, os.path.dirname(SCRIPT)]
+    sys.path[:0] = paths
     try:
         spec = importlib.util.spec_from_file_location("peer_vllm_dp", SCRIPT)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
-        sys.path.remove(fake_vllm)
+        for path in paths:
+            sys.path.remove(path)
         sys.modules.pop("vllm", None)
+        sys.modules.pop("peer_common", None)
 
 
 @given(items=st.lists(st.integers(), max_size=40), parts=st.integers(1, 9))
@@ -72,10 +49,7 @@ def test_shards_are_contiguous_and_balanced(fake_vllm_module, items, parts):
 
 @pytest.fixture(scope="module")
 def fake_vllm_module(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fake_vllm")
-    (root / "vllm").mkdir()
-    (root / "vllm" / "__init__.py").write_text(FAKE_VLLM)
-    return _load_peer_module(str(root))
+    return _load_peer_module(write_fake_vllm(str(tmp_path_factory.mktemp("fake_vllm"))))
 
 
 def test_three_ranks_run_each_phase_on_their_slice(fake_vllm, tmp_path):
