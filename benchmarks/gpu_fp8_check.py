@@ -93,7 +93,7 @@ def kernels(device: torch.device, smoke: bool) -> dict:
             traceback.print_exc()
         rows.append(row)
         print(json.dumps(row), flush=True)
-    fused = fused_producers(device, smoke)
+    fused = fused_kernels(device, smoke)
     rates = {}
     if device.type == "cuda":
         r = measure_device_rates(device, fp8=True)
@@ -104,7 +104,7 @@ def kernels(device: torch.device, smoke: bool) -> dict:
 
 
 @torch.no_grad()
-def fused_producers(device: torch.device, smoke: bool) -> list:
+def fused_kernels(device: torch.device, smoke: bool) -> list:
     """RMSNorm -> FP8 and SiLU-mul -> FP8 in one kernel vs the plain kernel then the quantizer, and the one-launch
     FP8 KV store vs the PyTorch one (llama-3.1-8b widths; bf16): ms per call, eager and in a CUDA graph, and
     whether the FP8 bytes and scales are equal."""
@@ -138,24 +138,23 @@ def fused_producers(device: torch.device, smoke: bool) -> list:
             q2, sq2 = plain_call()
             return bool(torch.equal(q.float(), q2.float()) and torch.equal(sq, sq2))
 
-        cases = {  # name: (fused, plain, do they give the same FP8 values)
+        def same_kv(fused_call, plain_call) -> bool:  # fused writes caches 0-1, plain caches 2-3
+            fused_call(), plain_call()
+            return all(bool(torch.equal(a.view(-1, heads, dim)[slots].float(), b.view(-1, heads, dim)[slots].float()))
+                       for a, b in ((caches[0], caches[2]), (caches[1], caches[3])))  # fmt: skip
+
+        cases = {  # name: (fused, plain, whether the two give the same FP8 values)
             "rms_norm": (lambda: rms_norm_fp8(x, weight, 1e-5, MIN_AMAX, residual),
-                         lambda: per_token_quant_fp8(rms_norm(x, weight, 1e-5, residual), MIN_AMAX)),
+                         lambda: per_token_quant_fp8(rms_norm(x, weight, 1e-5, residual), MIN_AMAX), same_fp8),
             "silu_and_mul": (lambda: silu_and_mul_fp8(gate_up, MIN_AMAX),
-                             lambda: per_token_quant_fp8(silu_and_mul(gate_up), MIN_AMAX)),
+                             lambda: per_token_quant_fp8(silu_and_mul(gate_up), MIN_AMAX), same_fp8),
             "kv_store": (lambda: store_kv_fp8(key, value, caches[0], caches[1], slots),
-                         lambda: write_kv_cache(key, value, caches[2], caches[3], slots)),
+                         lambda: write_kv_cache(key, value, caches[2], caches[3], slots), same_kv),
         }  # fmt: skip
-        for name, (fused_call, plain_call) in cases.items():
+        for name, (fused_call, plain_call, same) in cases.items():
             row = {"op": name, "rows": m}
             try:
-                if name == "kv_store":
-                    fused_call(), plain_call()
-                    row["equal"] = all(bool(torch.equal(a.view(-1, heads, dim)[slots].float(),
-                                                        b.view(-1, heads, dim)[slots].float()))
-                                       for a, b in ((caches[0], caches[2]), (caches[1], caches[3])))  # fmt: skip
-                else:
-                    row["equal"] = same_fp8(fused_call, plain_call)
+                row["equal"] = same(fused_call, plain_call)
                 row["ms_fused"], row["ms_plain"] = ms_per_call(fused_call), ms_per_call(plain_call)
                 if device.type == "cuda":
                     row["graph_ms_fused"] = graph_ms_per_call(fused_call)

@@ -178,9 +178,8 @@ class DataParallelExecutor:
             kind = event[0]
             if kind == "ready":
                 slot.ready, slot.info = True, event[1]
-                info = event[1]
-                self.log(f"  replica {index} ready: pid {info.pid} on {info.node} ({info.device}), "
-                         f"{info.num_kv_blocks:,} KV blocks")
+                self.log(f"  replica {index} ready: pid {slot.info.pid} on {slot.info.node} ({slot.info.device}), "
+                         f"{slot.info.num_kv_blocks:,} KV blocks")
             elif kind == "started":
                 slot.queued -= 1
             elif kind == "outputs":
