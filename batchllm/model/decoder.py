@@ -71,6 +71,8 @@ class DecoderLayer(nn.Module):
 class DecoderForCausalLM(nn.Module):
     """Token ids of a flattened batch in, logits of the selected rows out; KV lives in the paged cache."""
 
+    last_layer_on_sampled_rows = True  # off only for A/B timing (benchmarks/ab_engine.py)
+
     def __init__(self, cfg: ArchConfig, max_positions: int) -> None:
         super().__init__()
         self.cfg = cfg
@@ -97,7 +99,8 @@ class DecoderForCausalLM(nn.Module):
         hidden, residual = self.embed_tokens(input_ids), None
         # Past the last layer's attention only the rows that sample matter: its o_proj and MLP (88 % of a
         # llama-3.1-8b layer's FLOPs) run on those rows alone, a 32nd of a prefill iteration's GEMM work.
-        rows = logits_indices if 0 < logits_indices.numel() < input_ids.numel() else None
+        trim = self.last_layer_on_sampled_rows and 0 < logits_indices.numel() < input_ids.numel()
+        rows = logits_indices if trim else None
         last = len(self.layers) - 1
         for index, (layer, kv_cache) in enumerate(zip(self.layers, kv_caches)):
             output_rows = rows if index == last else None

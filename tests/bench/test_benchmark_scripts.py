@@ -59,3 +59,11 @@ def test_gpu_fp8_check_smoke(tmp_path):
     assert "perplexity bf16" in out and (tmp_path / "gpu_fp8_check.json").is_file()
     fused_ops = ("rms_norm", "silu_and_mul", "kv_store")
     assert all(f"fused {op:<13} x3      equal True" in out for op in fused_ops), out[-2000:]
+
+
+def test_ab_engine_times_both_settings_of_a_switch():
+    out = _run("benchmarks/ab_engine.py", "--switch", "last-layer-rows", "--model", "benchmarks/models/tiny-llama",
+               "--device", "cpu", "--workload", "micro-64-16-4-4", "--requests", "8", "--repeats", "1")
+    assert "last-layer-rows=on micro-64-16-4-4 x8" in out and "last-layer-rows=off micro-64-16-4-4 x8" in out, out
+    ratio = float(out.strip().splitlines()[-1].rsplit("off/on ", 1)[1])
+    assert ratio > 0, out
