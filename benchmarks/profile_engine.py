@@ -21,7 +21,7 @@ from torch.profiler import record_function
 import bench_setup  # noqa: E402,F401  (first: repo on sys.path)
 
 from batchllm import LLM  # noqa: E402
-from batchllm.bench.breakdown import KernelRecord, summarize  # noqa: E402
+from batchllm.bench.breakdown import KernelRecord, device_kernel_records, summarize  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.roofline import iteration_floor_seconds, measure_device_rates  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
@@ -79,19 +79,13 @@ def _phase_of(event) -> str:
 def kernel_records(prof, on_gpu: bool) -> tuple[list[KernelRecord], list[tuple[float, float]]]:
     """The profiled kernels with their phase and launch kind, and their [start, end) microseconds."""
     events = prof.events()
-    records, intervals = [], []
     if on_gpu:
-        for e in events:
-            for k in getattr(e, "kernels", ()):  # a CPU event (a launch) and the kernels it queued
-                records.append(KernelRecord(k.name, k.duration, _phase_of(e), "cudaGraphLaunch" in e.name))
-        for e in events:
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                intervals.append((e.time_range.start, e.time_range.end))
-    else:  # operators stand for kernels, each with its self time (its children's excluded)
-        for e in events:
-            if e.name.startswith("aten::"):
-                records.append(KernelRecord(e.name, e.self_cpu_time_total, _phase_of(e), False))
-                intervals.append((e.time_range.start, e.time_range.end))
+        return device_kernel_records(events, _phase_of)
+    records, intervals = [], []  # operators stand for kernels, each with its self time (its children's excluded)
+    for e in events:
+        if e.name.startswith("aten::"):
+            records.append(KernelRecord(e.name, e.self_cpu_time_total, _phase_of(e), False))
+            intervals.append((e.time_range.start, e.time_range.end))
     return records, intervals
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from batchllm.bench.breakdown import KernelRecord, busy_seconds, kernel_kind, summarize
+from batchllm.bench.breakdown import KernelRecord, busy_seconds, device_kernel_records, kernel_kind, summarize
 from batchllm.bench.roofline import DeviceRates, iteration_floor_seconds
 from batchllm.model.arch_config import load_arch_config
 
@@ -47,3 +47,36 @@ def test_iteration_floor_is_the_larger_of_compute_and_bytes():
     assert fp8[0] == pytest.approx(floors[1] / 2)
     with_kv = iteration_floor_seconds(np.array([1]), np.array([1000]), arch, rates, 16)
     assert with_kv[0] == pytest.approx((arch.weight_bytes(2) + 1000 * 16 * arch.kv_bytes_per_token(2)) / 4e12)
+
+
+def test_device_kernels_are_attributed_through_their_launch_and_the_kernel_before():
+    from types import SimpleNamespace as E
+
+    cpu, cuda = E(name="CPU"), E(name="CUDA")
+    prefill, decode = E(name="phase:prefill", cpu_parent=None), E(name="phase:decode", cpu_parent=None)
+
+    def launch(corr, name, parent):
+        return E(id=corr, name=name, device_type=cpu, cpu_parent=parent, time_range=E(start=0, end=1))
+
+    def kernel(corr, name, start, end):
+        return E(id=corr, name=name, device_type=cuda, time_range=E(start=start, end=end))
+
+    events = [
+        E(id=1, name="aten::mm", device_type=cpu, cpu_parent=prefill, time_range=E(start=0, end=1)),
+        launch(11, "cudaLaunchKernel", prefill), launch(12, "cuLaunchKernel", prefill),
+        launch(13, "cudaGraphLaunch", decode),
+        kernel(12, "_paged_attn_kernel", 20, 30), kernel(11, "nvjet_gemm", 10, 20),
+        kernel(13, "nvjet_gemm", 40, 45), kernel(99, "_rms_norm_kernel", 45, 47),  # 99: launch not traced
+    ]
+
+    def phase_of(e):
+        while e is not None and not e.name.startswith("phase:"):
+            e = e.cpu_parent
+        return e.name.split(":")[1] if e is not None else "other"
+
+    records, intervals = device_kernel_records(events, phase_of)
+    assert [(r.name, r.microseconds, r.phase, r.from_graph) for r in records] == [
+        ("nvjet_gemm", 10, "prefill", False), ("_paged_attn_kernel", 10, "prefill", False),
+        ("nvjet_gemm", 5, "decode", True), ("_rms_norm_kernel", 2, "decode", False)]
+    assert intervals == [(10, 20), (20, 30), (40, 45), (45, 47)]
+    assert kernel_kind("_rms_norm_fp8_kernel") == "elementwise" and kernel_kind("_store_kv_fp8_kernel") == "kv write"
