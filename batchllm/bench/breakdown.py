@@ -121,10 +121,15 @@ def device_kernel_records(
 
     Not through the profiler's `kernels` lists: those hold only kernels launched inside an aten operator,
     which on an H200 (2026-12-03) left out every Triton kernel and every graph replay, 45 % of the busy time.
+    The device-side spans of `record_function` ranges are left out (counted as kernels, they doubled the total).
     """
     events = list(events)
-    launches = {e.id: e for e in events if e.device_type.name == "CPU" and e.name.startswith("cu")}
-    device = sorted((e for e in events if e.device_type.name == "CUDA"), key=lambda e: e.time_range.start)
+    cpu = [e for e in events if e.device_type.name == "CPU"]
+    launches = {e.id: e for e in cpu if e.name.startswith("cu")}
+    # record_function ranges also appear on the device's timeline, spanning the kernels they queued: not kernels
+    ranges = {e.name for e in cpu if getattr(e, "is_user_annotation", False)}
+    device = sorted((e for e in events if e.device_type.name == "CUDA" and e.name not in ranges
+                     and not getattr(e, "is_user_annotation", False)), key=lambda e: e.time_range.start)  # fmt: skip
     records, intervals, phase = [], [], "other"
     for kernel in device:
         launch = launches.get(kernel.id)

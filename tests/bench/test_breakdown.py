@@ -63,6 +63,9 @@ def test_device_kernels_are_attributed_through_their_launch_and_the_kernel_befor
 
     events = [
         E(id=1, name="aten::mm", device_type=cpu, cpu_parent=prefill, time_range=E(start=0, end=1)),
+        E(id=2, name="phase:prefill", device_type=cpu, cpu_parent=None, is_user_annotation=True,
+          time_range=E(start=0, end=2)),
+        E(id=3, name="phase:prefill", device_type=cuda, time_range=E(start=10, end=30)),  # its device-side span
         launch(11, "cudaLaunchKernel", prefill), launch(12, "cuLaunchKernel", prefill),
         launch(13, "cudaGraphLaunch", decode),
         kernel(12, "_paged_attn_kernel", 20, 30), kernel(11, "nvjet_gemm", 10, 20),
