@@ -16,7 +16,7 @@ one, then times (triton.testing.do_bench, median ms):
 A correctness check of every kernel against the PyTorch reference (decode, suffix prefill, 2 levels)
 runs first. Targets: fused >= 3x unfused at degree 16; fused within 1.5x of the floor.
 
-    python benchmarks/bench_shared_prefix.py [--degrees 4,16,64] [--batches 256,1024] [--no-sweep]
+    python benchmarks/bench_shared_prefix.py [--degrees 4,16,64] [--batches 256,1024] [--no-sweep] [--kv-fp8]
     python benchmarks/bench_shared_prefix.py --smoke     # CPU interpreter, tiny shapes (tests the script)
 
 Prints a table last; writes $OUT/bench_shared_prefix.json when OUT is set.
@@ -50,11 +50,13 @@ from tests.attention.shared_prefix_workload import (  # noqa: E402
     SeqSpec,
     make_shared_batch,
     uniform_groups,
+    with_fp8_caches,
 )
 
 HQ, HKV, D, PAGE = 32, 8, 128, 16
 DTYPE = torch.bfloat16
 DEVICE = "cuda"
+KV_FP8 = False  # --kv-fp8: the caches in e4m3 with per-head scales (kv_cache_dtype="fp8")
 
 
 
@@ -83,9 +85,16 @@ def correctness(prefix: int, distinct: int) -> None:
 
 
 def sweep_configs() -> list[tuple[SharedPrefixConfig, int | None]]:
-    """(config, shared_splits) candidates; the default comes first."""
+    """(config, shared_splits) candidates; the default comes first. With an FP8 cache a KV tile holds half
+    the bytes, so longer tiles (128 keys) are tried too: the same bytes in flight per pipeline stage."""
     base = shared_prefix_config(HQ, HKV, D, DTYPE)
-    cands = [
+    fp8_cands = [
+        (SharedPrefixConfig(64, 64, 128, 64, 64, 4, 3), None),
+        (SharedPrefixConfig(64, 128, 128, 64, 64, 4, 3), None),
+        (SharedPrefixConfig(64, 64, 128, 64, 64, 4, 4, 128), None),
+        (SharedPrefixConfig(64, 128, 128, 64, 128, 8, 3), None),
+    ] if KV_FP8 else []  # fmt: skip
+    cands = fp8_cands + [
         (base, None),
         (SharedPrefixConfig(128, 64, 64, 64, 64, 8, 3, 0), None),  # no register cap
         (SharedPrefixConfig(128, 64, 64, 64, 64, 8, 2), None),
@@ -119,6 +128,8 @@ def bench_case(degree: int, batch: int, prefix: int, distinct: int, bandwidth: f
     groups = batch // degree
     nodes, seqs = uniform_groups(groups, degree, prefix, distinct)
     b = make_shared_batch(nodes, seqs, HQ, HKV, D, DTYPE, device=DEVICE, seed=degree * 7 + batch, poison=False)
+    if KV_FP8:
+        b = with_fp8_caches(b, torch.full((HKV,), 0.75), torch.full((HKV,), 1.25))
     args = (b.query, b.k_cache, b.v_cache, b.meta, b.scale)
     ctx = prefix + distinct
     out = torch.empty_like(b.query)
@@ -130,14 +141,16 @@ def bench_case(degree: int, batch: int, prefix: int, distinct: int, bandwidth: f
     row["fused_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out))
     row["unfused_ms"] = bench_ms(DEVICE, lambda: paged_attention_triton(*args, out=out))
     row["cascade_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out, cascade=True))
-    try:
-        check(f"degree {degree} B={batch}: gather+sdpa vs unfused", gather_sdpa(*args, ctx), unfused)
-        row["sdpa_ms"] = bench_ms(DEVICE, lambda: gather_sdpa(*args, ctx))
-    except torch.OutOfMemoryError:
-        row["sdpa_ms"] = float("nan")
+    row["sdpa_ms"] = float("nan")
+    if not KV_FP8:  # SDPA takes no FP8 operands
+        try:
+            check(f"degree {degree} B={batch}: gather+sdpa vs unfused", gather_sdpa(*args, ctx), unfused)
+            row["sdpa_ms"] = bench_ms(DEVICE, lambda: gather_sdpa(*args, ctx))
+        except torch.OutOfMemoryError:
+            pass
     empty_cache(DEVICE)
-    elem = b.k_cache.element_size()
-    kv_token = HKV * D * 2 * elem  # K and V of one token
+    elem = b.query.element_size()
+    kv_token = HKV * D * 2 * b.k_cache.element_size()  # K and V of one token
     need = groups * prefix * kv_token + batch * distinct * kv_token + 2 * batch * HQ * D * elem
     row["floor_ms"] = need / bandwidth * 1e3
     row["unfused_floor_ms"] = (batch * ctx * kv_token + 2 * batch * HQ * D * elem) / bandwidth * 1e3
@@ -160,9 +173,11 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=200)
     parser.add_argument("--no-sweep", action="store_true", help="skip the fused config sweep")
     parser.add_argument("--sweep-all", action="store_true", help="sweep every row (default: degree 16 rows only)")
+    parser.add_argument("--kv-fp8", action="store_true", help="FP8 (e4m3) caches, as kv_cache_dtype='fp8'")
     parser.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes: tests the script only")
     args = parser.parse_args()
-    global DEVICE, HQ, HKV, D
+    global DEVICE, HQ, HKV, D, KV_FP8
+    KV_FP8 = args.kv_fp8
     if args.smoke:
         DEVICE, HQ, HKV, D = "cpu", 4, 2, 32
         args.degrees, args.batches, args.prefix, args.distinct = "2,4", "8", 32, 9
@@ -182,7 +197,7 @@ def main() -> None:
             sweep = not args.no_sweep and (args.sweep_all or degree == 16 or args.smoke)
             rows.append(bench_case(degree, batch, args.prefix, args.distinct, bandwidth, sweep))
 
-    print(f"\nPrefix-shared decode attention, Llama-3.1-8B heads ({HQ}q/{HKV}kv, D {D}, bf16, page {PAGE}), "
+    print(f"\nPrefix-shared decode attention, Llama-3.1-8B heads ({HQ}q/{HKV}kv, D {D}, bf16, {'FP8' if KV_FP8 else 'bf16'} KV, page {PAGE}), "
           f"prefix {args.prefix} + distinct {args.distinct}, {device}, copy bw {bandwidth / 1e9:.0f} GB/s; "
           "median ms")  # fmt: skip
     head = (f"{'deg':>4} {'batch':>5} {'fused':>8} {'sweep':>8} {'unfused':>8} {'cascade':>8} {'sdpa':>8} "

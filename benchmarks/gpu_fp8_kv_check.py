@@ -24,8 +24,13 @@ from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.bench.kernel_timing import ms_per_call  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
-from batchllm.kv_cache.fp8 import attach_kv_scale, quantize_kv  # noqa: E402
-from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch, uniform_groups  # noqa: E402
+from tests.attention.shared_prefix_workload import (  # noqa: E402
+    SeqSpec,
+    SharedBatch,
+    make_shared_batch,
+    uniform_groups,
+    with_fp8_caches,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = os.path.join(HERE, "models", "llama-3.1-8b")
@@ -36,13 +41,8 @@ DEVICE = torch.device("cuda")
 def _fp8(b: SharedBatch, seed: int) -> SharedBatch:
     """The batch with its caches in e4m3, per-head scales in [0.5, 2] (K and V different)."""
     g = torch.Generator().manual_seed(seed)
-    caches = []
-    for cache in (b.k_cache, b.v_cache):
-        scale = (0.5 + 1.5 * torch.rand(HEADS[1], generator=g)).to(DEVICE)
-        fp8 = quantize_kv(cache, scale)
-        attach_kv_scale(fp8, scale)
-        caches.append(fp8)
-    return SharedBatch(b.query, caches[0], caches[1], b.meta, b.scale)
+    k_scale, v_scale = (0.5 + 1.5 * torch.rand(HEADS[1], generator=g) for _ in range(2))
+    return with_fp8_caches(b, k_scale, v_scale)
 
 
 def _kernel_cases():

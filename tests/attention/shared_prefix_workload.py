@@ -39,6 +39,19 @@ class SharedBatch:
     scale: float
 
 
+def with_fp8_caches(b: SharedBatch, k_scale: torch.Tensor, v_scale: torch.Tensor) -> SharedBatch:
+    """The same batch with its caches quantized to e4m3 with per-KV-head scales (NaN slots stay NaN)."""
+    from batchllm.kv_cache.fp8 import attach_kv_scale, quantize_kv
+
+    caches = []
+    for cache, scale in ((b.k_cache, k_scale), (b.v_cache, v_scale)):
+        scale = scale.to(cache.device)
+        fp8 = quantize_kv(cache, scale)
+        attach_kv_scale(fp8, scale)
+        caches.append(fp8)
+    return SharedBatch(b.query, caches[0], caches[1], b.meta, b.scale)
+
+
 def _chain(nodes: list[PrefixNode], node: int) -> list[int]:
     out = []
     while node >= 0:

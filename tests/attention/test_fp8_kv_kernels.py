@@ -24,8 +24,8 @@ from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference  # noqa: E402
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
-from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, attach_kv_scale, quantize_kv  # noqa: E402
-from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch  # noqa: E402
+from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, quantize_kv  # noqa: E402
+from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch, with_fp8_caches  # noqa: E402
 from tests.attention.test_shared_prefix import mixed, two_level  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -40,13 +40,7 @@ V_SCALE = torch.tensor([2.0, 0.75])
 
 def to_fp8(b: SharedBatch) -> SharedBatch:
     """The same batch with its caches quantized to e4m3 (poisoned NaN slots stay NaN)."""
-    caches = []
-    for cache, scale in ((b.k_cache, K_SCALE), (b.v_cache, V_SCALE)):
-        scale = scale.to(cache.device)
-        fp8 = quantize_kv(cache, scale)
-        attach_kv_scale(fp8, scale)
-        caches.append(fp8)
-    return SharedBatch(b.query, caches[0], caches[1], b.meta, b.scale)
+    return with_fp8_caches(b, K_SCALE, V_SCALE)
 
 
 def fp32_reference(b: SharedBatch) -> torch.Tensor:

@@ -33,6 +33,11 @@ def test_shared_prefix_benchmark_smoke():
     assert "unf/fused" in out and "targets:" in out
 
 
+def test_shared_prefix_benchmark_smoke_over_an_fp8_cache():
+    out = _run("benchmarks/bench_shared_prefix.py", "--smoke", "--no-sweep", "--kv-fp8", interpret=True)
+    assert "FP8 KV" in out and "ok" in out, out[-2000:]
+
+
 def test_prefill_attention_benchmark_smoke():
     out = _run("benchmarks/bench_prefill_attention.py", "--smoke", interpret=True)
     rows = [line.split()[0] for line in out.splitlines()[-4:]]
