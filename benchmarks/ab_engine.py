@@ -9,7 +9,6 @@ Prints one line per run and a last line: seconds of A (switch on) / seconds of B
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 from typing import Callable
 
@@ -18,8 +17,7 @@ import bench_setup  # noqa: F401  (first: repo on sys.path)
 from batchllm import LLM  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from dummy_engine import add_engine_args, dummy_engine  # noqa: E402
 
 
 def _last_layer_rows(llm: LLM, on: bool) -> None:
@@ -37,16 +35,10 @@ def main() -> None:
     parser.add_argument("--workload", default="micro-2000-200-16-100")
     parser.add_argument("--requests", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--model", default=os.path.join(HERE, "models", "llama-3.1-8b"))
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quantization", default=None)
-    parser.add_argument("--kv-cache-dtype", default="auto")
+    add_engine_args(parser)
     parser.add_argument("--smoke", action="store_true", help="CPU interpreter run (bench_setup reads it)")
     args = parser.parse_args()
-    on_gpu = args.device == "cuda"
-    llm = LLM(args.model, load_format="dummy", dtype="bfloat16" if on_gpu else "float32", device=args.device,
-              skip_tokenizer_init=True, max_model_len=4096, quantization=args.quantization,
-              kv_cache_dtype=args.kv_cache_dtype)  # fmt: skip
+    llm = dummy_engine(args)
     workload = make_workload(args.workload, args.requests, llm.engine.runner.arch.vocab_size, seed=0)
     switch = SWITCHES[args.switch]
     run_config(llm, "batchllm", workload)  # warm-up: compiles and allocator growth outside the timings

@@ -11,7 +11,6 @@ On CPU (the CI smoke run) the "kernels" are the profiler's operators and their C
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import numpy as np
@@ -25,9 +24,7 @@ from batchllm.bench.breakdown import KernelRecord, device_kernel_records, summar
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.roofline import iteration_floor_seconds, measure_device_rates  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
-from batchllm.config import QUANTIZATIONS  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
+from dummy_engine import add_engine_args, dummy_engine  # noqa: E402
 PHASE_PREFIX = "phase:"
 
 
@@ -95,15 +92,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256)
     parser.add_argument("--config", default="batchllm")
     parser.add_argument("--top", type=int, default=18)
-    parser.add_argument("--model", default=os.path.join(HERE, "models", "llama-3.1-8b"))
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--quantization", default=None, choices=[q for q in QUANTIZATIONS if q])
-    parser.add_argument("--kv-cache-dtype", default="auto")
+    add_engine_args(parser)
     args = parser.parse_args()
     on_gpu = args.device == "cuda"
-    llm = LLM(args.model, load_format="dummy", dtype="bfloat16" if on_gpu else "float32", device=args.device,
-              skip_tokenizer_init=True, max_model_len=4096, quantization=args.quantization,
-              kv_cache_dtype=args.kv_cache_dtype)  # fmt: skip
+    llm = dummy_engine(args)
     workload = make_workload(args.workload, args.requests, llm.engine.runner.arch.vocab_size, seed=0)
     result = run_config(llm, args.config, workload)
     print(f"{args.config} {workload.name} x{args.requests}: {result.seconds:.2f} s, {result.iterations} iterations")
