@@ -75,10 +75,11 @@ class AttentionBackend(Protocol):
 
     def init_capture_graph(
         self, max_batch: int, max_levels: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
+        dtype: torch.dtype, device: torch.device, kv_dtype: Optional[torch.dtype] = None,
     ) -> GraphPlanner:  # fmt: skip
         """The planner of shared-segment decode graphs up to `max_batch` rows and `max_levels` levels
-        (only asked of a backend with supports_cuda_graphs)."""
+        (only asked of a backend with supports_cuda_graphs); `kv_dtype`: the cache's element type when it
+        is not the query's `dtype`, e.g. FP8."""
         ...
 
 

@@ -67,7 +67,7 @@ class DecodeGraphs:
         # kernels replay besides them (their launch plan) is the planner's.
         max_segments = max_decode_segments(size, MAX_SHARED_LEVELS)
         self.graph_planner = backend.init_capture_graph(
-            size, MAX_SHARED_LEVELS, *self.heads, self.dtype, device
+            size, MAX_SHARED_LEVELS, *self.heads, self.dtype, device, kv_dtype=kv_caches[0][0].dtype
         )  # fmt: skip
         self._seg_cols: Optional[torch.Tensor] = None  # [5, max_segments]: q_start, q_end, kv_start, kv_end, level
         self._seg_block_tables: Optional[torch.Tensor] = None  # [max_segments, max_blocks_per_seq]

@@ -14,8 +14,11 @@ from batchllm.attention.triton.graph_plan import (  # noqa: E402
     decode_graph_tile_starts,
     pin_decode_graph_plan,
 )
+from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
-from tests.attention.shared_prefix_workload import PrefixNode, SeqSpec, SharedBatch  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import shared_prefix_config  # noqa: E402
+from batchllm.kv_cache.fp8 import is_fp8  # noqa: E402
+from tests.attention.shared_prefix_workload import PrefixNode, SeqSpec, SharedBatch, with_fp8_caches  # noqa: E402
 from tests.attention.test_shared_prefix import ATOL, CUDA, DEVICE, RTOL, batch, reference  # noqa: E402
 
 
@@ -26,7 +29,8 @@ def _padded_graph_batch(b: SharedBatch, bucket: int, num_levels: int):
 
     shared, n = b.meta.shared, b.meta.num_seqs
     heads = (b.query.shape[1], b.k_cache.shape[2], b.query.shape[2])
-    shape = decode_graph_shape(bucket, num_levels, *heads, b.query.dtype, DEVICE)
+    kv_fp8 = is_fp8(b.k_cache.dtype)
+    shape = decode_graph_shape(bucket, num_levels, *heads, b.query.dtype, DEVICE, kv_fp8)
     slots = decode_graph_max_segments(bucket, num_levels)
     starts = decode_graph_tile_starts(shared, shape, heads[0] // heads[1], slots, DEVICE)
     num = shared.num_segments
@@ -51,7 +55,7 @@ def _padded_graph_batch(b: SharedBatch, bucket: int, num_levels: int):
             num_levels, host, host, host, host, host, [0] * bucket,
         ),
     )  # fmt: skip
-    pin_decode_graph_plan(meta, shape, starts, *heads, b.query.dtype)
+    pin_decode_graph_plan(meta, shape, starts, *heads, b.query.dtype, kv_fp8)
     query = torch.cat([b.query, torch.randn(pad, *b.query.shape[1:], device=DEVICE).to(b.query.dtype)])
     return query, meta, shape
 
@@ -72,6 +76,25 @@ def test_kernel_on_a_cuda_graph_launch_shape(degrees):
     assert not torch.isnan(out).any()
     torch.testing.assert_close(out[:n].float(), reference(b), atol=ATOL[b.query.dtype], rtol=RTOL[b.query.dtype])
 
+
+
+def test_fp8_cache_graph_launch_replays_its_own_pinned_plan():
+    """Over an FP8 cache the decode launch takes its own tiles; the graph pins the plan under that
+    config, so the launch finds it (no second plan) and the real rows match the reference on that cache."""
+    assert shared_prefix_config(32, 8, 128, torch.bfloat16, kv_fp8=True) != shared_prefix_config(32, 8, 128, torch.bfloat16)
+    nodes = [PrefixNode(-1, 48), PrefixNode(-1, 32)]
+    seqs = [SeqSpec(g, 20 + 3 * i, 1) for g, d in enumerate((5, 3)) for i in range(d)]
+    b = batch(nodes, seqs, heads=(8, 2), dtype=torch.bfloat16, seed=7, min_members=2)
+    b.k_cache[0], b.v_cache[0] = 0.5, 0.25
+    b = with_fp8_caches(b, torch.tensor([0.5, 1.25]), torch.tensor([2.0, 0.75]))
+    n = b.meta.num_seqs
+    query, meta, _ = _padded_graph_batch(b, bucket=16, num_levels=1)
+    out = torch.full_like(query, float("nan"))
+    shared_prefix_attention_triton(query, b.k_cache, b.v_cache, meta, b.scale, out=out)
+    assert len(meta.shared.launch_plans) == 1  # the pinned plan, not one made for the launch
+    assert not torch.isnan(out).any()
+    want = paged_attention_reference(b.query.float(), b.k_cache, b.v_cache, b.meta, b.scale)
+    torch.testing.assert_close(out[:n].float(), want, atol=ATOL[torch.bfloat16], rtol=RTOL[torch.bfloat16])
 
 def test_graph_shape_splits_only_small_buckets():
     shape = decode_graph_shape(1024, 2, 32, 8, 128, torch.bfloat16, DEVICE)

@@ -55,10 +55,11 @@ class TritonBackend:
             )
 
     def init_capture_graph(
-        self, max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device
+        self, max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device, kv_dtype=None
     ) -> DecodeGraphPlanner:
         # Plain decode graphs replay the paged kernel and need no plan; shared-segment graphs the fused one.
-        return DecodeGraphPlanner(max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device)
+        kv_fp8 = kv_dtype is not None and is_fp8(kv_dtype)
+        return DecodeGraphPlanner(max_batch, max_levels, num_q_heads, num_kv_heads, head_dim, dtype, device, kv_fp8)
 
 
 def compiled_kernel_variants() -> int:

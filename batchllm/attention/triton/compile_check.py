@@ -197,9 +197,20 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
                     UPCAST=False, PRECISION=dot_precision(dtype), INTERPRET=False,
                 )  # fmt: skip
                 out.append((f"{kind}-m{s_block_m}-{tag}", dtype, ce, warps, cfg.num_stages, spp.maxnreg_for(cfg, warps)))
-                if kind == "fused-mixed" and dtype != torch.float32:  # the same launch over an FP8 KV cache
-                    out.append((f"{kind}-m{s_block_m}-fp8kv-{tag}", dtype, dict(ce, KV_FP8=True), warps,
-                                cfg.num_stages, spp.maxnreg_for(cfg, warps)))  # fmt: skip
+        fp8 = spp.shared_prefix_config(hq, hkv, d, dtype, kv_fp8=True)
+        if fp8 != cfg:  # decode launches over an FP8 cache: their own tiles, both tile heights
+            warps = fp8.num_warps or 4
+            fp8_e_block_m = max(fp8.extend_block_m, next_pow2(g))
+            for s_block_m, extend in [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})] + [
+                (fp8.shared_block_m, True)
+            ]:
+                fce = dict(ce, S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=fp8.shared_block_n,
+                           D_BLOCK_N=fp8.decode_block_n, E_BLOCK_M=fp8_e_block_m, E_BLOCK_Q=fp8_e_block_m // g,
+                           E_BLOCK_N=fp8.extend_block_n, HAS_SHARED=True, HAS_DECODE=True, HAS_EXTEND=extend,
+                           KV_FP8=True)  # fmt: skip
+                kind = "fused-mixed" if extend else "fused-decode"
+                out.append((f"{kind}-m{s_block_m}-fp8kv-{tag}", dtype, fce, warps, fp8.num_stages,
+                            spp.maxnreg_for(fp8, warps)))  # fmt: skip
         ce = dict(ce, HAS_SHARED=False, HAS_DECODE=True, HAS_EXTEND=False)
         warps = cfg.num_warps or 4
         out.append((f"cascade-distinct-{tag}", dtype, ce, warps, cfg.num_stages, spp.maxnreg_for(cfg, warps)))

@@ -62,14 +62,14 @@ class DecodeGraphShape:
 
 def decode_graph_shape(
     batch_size: int, num_levels: int, num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
-    device: torch.device,
+    device: torch.device, kv_fp8: bool = False,
 ) -> DecodeGraphShape:  # fmt: skip
     """Launch shape of a CUDA graph of `batch_size` decode rows with `num_levels` levels of segments.
 
     Fixed per batch size, so one graph per (bucket, levels) serves every grouping (no capture in the
     middle of a run): the large tile height, and split-K only where the shared programs of a full
     bucket grouped into whole tiles would leave SMs idle."""
-    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype, kv_fp8=kv_fp8)
     group = num_q_heads // num_kv_heads
     s_block_m = max(16, next_pow2(group), cfg.shared_block_m)
     programs = cdiv(batch_size, s_block_m // group) * num_kv_heads
@@ -98,13 +98,13 @@ def decode_graph_max_segments(batch_size: int, num_levels: int) -> int:
 
 def pin_decode_graph_plan(
     meta: AttentionMetadata, shape: DecodeGraphShape, seg_tile_start: torch.Tensor,
-    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype,
+    num_q_heads: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype, kv_fp8: bool = False,
 ) -> None:  # fmt: skip
     """Fix the launch plan of a CUDA-graph batch: `meta` holds B decode rows and
     `decode_graph_max_segments(B, L)` segment slots, whose tile starts (one more entry) live in
     `seg_tile_start`, refilled before every replay; entries past the real segments repeat the real
     total, so the grid, sized for the most tiles such a batch can have, runs only the real ones."""
-    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype, kv_fp8=kv_fp8)
     group = num_q_heads // num_kv_heads
     batch = meta.num_seqs
     s_block_q = shape.s_block_m // group
@@ -129,15 +129,15 @@ class DecodeGraphPlanner:
 
     def __init__(
         self, max_batch: int, max_levels: int, num_q_heads: int, num_kv_heads: int, head_dim: int,
-        dtype: torch.dtype, device: torch.device,
+        dtype: torch.dtype, device: torch.device, kv_fp8: bool = False,
     ) -> None:  # fmt: skip
         self.heads = (num_q_heads, num_kv_heads, head_dim)
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.kv_fp8 = dtype, device, kv_fp8
         self.max_segments = decode_graph_max_segments(max_batch, max_levels)
         self._seg_tile_start: Optional[torch.Tensor] = None
 
     def graph_shape(self, batch_size: int, num_levels: int) -> DecodeGraphShape:
-        return decode_graph_shape(batch_size, num_levels, *self.heads, self.dtype, self.device)
+        return decode_graph_shape(batch_size, num_levels, *self.heads, self.dtype, self.device, self.kv_fp8)
 
     def prepare_for_capture(self, meta: AttentionMetadata, shape: DecodeGraphShape) -> None:
         """Pin the graph's plan on `meta` (its `shared` holds every segment slot of the bucket); no shared
@@ -145,7 +145,7 @@ class DecodeGraphPlanner:
         if self._seg_tile_start is None:
             self._seg_tile_start = torch.zeros(self.max_segments + 1, dtype=torch.int32, device=self.device)
         tile_start = self._seg_tile_start[: meta.shared.num_segments + 1]
-        pin_decode_graph_plan(meta, shape, tile_start, *self.heads, self.dtype)
+        pin_decode_graph_plan(meta, shape, tile_start, *self.heads, self.dtype, self.kv_fp8)
         self._seg_tile_start.zero_()
 
     def prepare_for_replay(self, shared: SharedPrefixMetadata, shape: DecodeGraphShape, num_slots: int) -> None:

@@ -30,6 +30,7 @@ from batchllm.attention.triton.utils import (
     next_pow2,
     upcast_dot,
 )
+from batchllm.kv_cache.fp8 import is_fp8
 
 
 def shared_prefix_attention_triton(
@@ -63,8 +64,9 @@ def shared_prefix_attention_triton(
     num_kv_heads = k_cache.shape[2]
     group = num_q_heads // num_kv_heads
     cfg = config or shared_prefix_config(
-        num_q_heads, num_kv_heads, head_dim, query.dtype, prefill_heavy=is_prefill_heavy(num_tokens, meta.num_seqs)
-    )
+        num_q_heads, num_kv_heads, head_dim, query.dtype, prefill_heavy=is_prefill_heavy(num_tokens, meta.num_seqs),
+        kv_fp8=is_fp8(k_cache.dtype),
+    )  # fmt: skip
     plan = get_plan(meta, cfg, group, num_kv_heads, query.device, shared_splits)
 
     num_parts = shared.num_levels * plan.splits + 1

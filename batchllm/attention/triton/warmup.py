@@ -16,6 +16,7 @@ from batchllm.attention.metadata import AttentionMetadata, Segment, build_shared
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton
 from batchllm.attention.triton.shared_prefix_plan import shared_prefix_config
 from batchllm.attention.triton.utils import cdiv, next_pow2
+from batchllm.kv_cache.fp8 import is_fp8
 
 
 def warmup_batch(
@@ -72,7 +73,8 @@ def precompile_shared_prefix_kernels(
     group = num_q_heads // num_kv_heads
     small_members = 2  # rows = 2 * G: the small tile height
     large_members = max(16, next_pow2(group)) // group + 1  # just over it: the large tile height
-    decode_cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype)
+    kv_fp8 = kv_dtype is not None and is_fp8(kv_dtype)
+    decode_cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype, kv_fp8=kv_fp8)
     prefill_cfg = shared_prefix_config(num_q_heads, num_kv_heads, head_dim, dtype, prefill_heavy=True)
     launches = 0
     for cfg in dict.fromkeys((decode_cfg, prefill_cfg)):
