@@ -45,6 +45,7 @@ from batchllm.attention.triton.graph_plan import get_plan as _get_plan  # noqa: 
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix_plan import SharedPrefixConfig, shared_prefix_config  # noqa: E402
+from batchllm.attention.triton.utils import set_fp8_kv_compute  # noqa: E402
 from tests.attention.shared_prefix_workload import (  # noqa: E402
     PrefixNode,
     SeqSpec,
@@ -141,6 +142,22 @@ def bench_case(degree: int, batch: int, prefix: int, distinct: int, bandwidth: f
     row["fused_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out))
     row["unfused_ms"] = bench_ms(DEVICE, lambda: paged_attention_triton(*args, out=out))
     row["cascade_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out, cascade=True))
+    if KV_FP8:  # the same launches with FP8 dots (set_fp8_kv_compute("fp8")) instead of widened K/V
+        set_fp8_kv_compute("fp8")
+        try:
+            dots = shared_prefix_attention_triton(*args)
+            row["dots_vs_widened_max_abs"] = (dots.float() - unfused.float()).abs().max().item()
+            row["dots_vs_widened_rel_rms"] = ((dots.float() - unfused.float()).norm() / unfused.float().norm()).item()
+            row["fused_dots_ms"] = bench_ms(DEVICE, lambda: shared_prefix_attention_triton(*args, out=out))
+            row["unfused_dots_ms"] = bench_ms(DEVICE, lambda: paged_attention_triton(*args, out=out))
+            if sweep:
+                row["sweep_dots_ms"], row["sweep_dots_best"] = fused_sweep(args, out)
+        finally:
+            set_fp8_kv_compute("fp16")
+        print(f"  degree {degree:3d} B={batch:5d}: FP8 dots fused {row['fused_dots_ms']:.3f} ms, unfused "
+              f"{row['unfused_dots_ms']:.3f}, vs widened max abs {row['dots_vs_widened_max_abs']:.4f} rel rms "
+              f"{row['dots_vs_widened_rel_rms']:.4f}"
+              + (f", sweep best {row['sweep_dots_ms']:.3f} {row['sweep_dots_best']}" if sweep else ""))  # fmt: skip
     row["sdpa_ms"] = float("nan")
     if not KV_FP8:  # SDPA takes no FP8 operands
         try:

@@ -7,10 +7,11 @@
     greedy agreement over 64 prompts x 64 tokens (until the first difference, and position by position).
 (c) speed, dummy weights: llama-3.1-8b on micro-2000-200-16-100 x1024 and realistic x2048, in bf16, with
     FP8 linears and with an FP8 KV cache (seconds, tok/s, % of the floor at the rates measured in the same
-    process); then llama-3.1-70b with FP8 linears on micro-2000-200-16-100 x256.
+    process); FP8 KV read by FP8 dots ("-fp8dots", `set_fp8_kv_compute`), and FP8 linears with an FP8 KV
+    cache both ways; then llama-3.1-70b with FP8 linears on micro-2000-200-16-100 x256.
 
 Usage: python benchmarks/gpu_fp8_check.py OUT_DIR [--parts kernels,accuracy,speed_8b_bf16,speed_8b_fp8,
-       speed_8b_fp8kv,speed_70b_fp8] [--smollm2 PATH] [--budget-s 360] [--workloads NAME:N,...]
+       speed_8b_fp8kv,speed_8b_fp8kv_dots,speed_8b_fp8_fp8kv,speed_8b_fp8_fp8kv_dots,speed_70b_fp8] [--smollm2 PATH] [--budget-s 360] [--workloads NAME:N,...]
        [--workloads-70b NAME:N,...] [--workload-dir DIR] [--smoke]
 Prints a short table last; writes OUT_DIR/gpu_fp8_check.json. Each part runs in its own try/except, and a
 part that would start after --budget-s seconds is skipped. --smoke: CPU, tiny shapes (the CI test).
@@ -35,6 +36,7 @@ import bench_setup  # noqa: F401  (first: repo on sys.path)
 import torch
 
 from batchllm import LLM, SamplingParams
+from batchllm.attention.triton.utils import set_fp8_kv_compute
 from batchllm.bench.compare import run_config
 from batchllm.bench.kernel_timing import graph_ms_per_call, ms_per_call
 from batchllm.bench.perplexity import perplexity
@@ -213,10 +215,15 @@ def accuracy(device: str, smoke: bool, num_prompts: int, max_tokens: int, gguf: 
     return result
 
 
-def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device: str, smoke: bool) -> list:
+def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device: str, smoke: bool,
+          fp8_kv_compute: str = "fp16") -> list:
     """One engine on dummy weights, the workloads timed one after the other (it compiles and captures at
-    start); then, with the engine gone, the floors at the matmul rates measured in this process."""
+    start); then, with the engine gone, the floors at the matmul rates measured in this process.
+    fp8_kv_compute: how the attention kernels read an FP8 cache (`set_fp8_kv_compute`)."""
     tag = (quantization or "bf16") + ("" if kv_cache_dtype == "auto" else f" kv-{kv_cache_dtype}")
+    if kv_cache_dtype == "fp8" and fp8_kv_compute != "fp16":
+        tag += f"-{fp8_kv_compute}dots"
+    set_fp8_kv_compute(fp8_kv_compute)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -242,6 +249,7 @@ def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device
         print(json.dumps(rows[-1]), flush=True)
     arch = llm.engine.runner.arch
     del llm
+    set_fp8_kv_compute("fp16")
     _release()
     if device == "cuda":  # measured with the engine gone: its KV pool leaves little memory
         rates = measure_device_rates(torch.device(device), fp8=quantization == "fp8")
@@ -295,6 +303,12 @@ def main() -> None:
         ("speed_8b_bf16", lambda: speed(m8, None, "auto", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
         ("speed_8b_fp8", lambda: speed(m8, "fp8", "auto", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
         ("speed_8b_fp8kv", lambda: speed(m8, None, "fp8", _workloads(w8, m8, args.workload_dir), device, args.smoke)),
+        ("speed_8b_fp8kv_dots", lambda: speed(m8, None, "fp8", _workloads(w8, m8, args.workload_dir), device,
+                                              args.smoke, fp8_kv_compute="fp8")),
+        ("speed_8b_fp8_fp8kv", lambda: speed(m8, "fp8", "fp8", _workloads(w8, m8, args.workload_dir), device,
+                                             args.smoke)),
+        ("speed_8b_fp8_fp8kv_dots", lambda: speed(m8, "fp8", "fp8", _workloads(w8, m8, args.workload_dir), device,
+                                                  args.smoke, fp8_kv_compute="fp8")),
         ("speed_70b_fp8", lambda: speed(m70, "fp8", "auto", _workloads(w70, m70, ""), device, args.smoke)),
     ]
     wanted = set(args.parts.split(","))
@@ -352,7 +366,8 @@ def _print_table(results: dict, path: str) -> None:
     print(f"{'engine (dummy weights)':<40}{'weights GiB':>12}{'load s':>7}{'blocks':>8}{'seconds':>9}{'tok/s':>9}"
           f"{'out tok/s':>10}{'% floor':>8}")
     by_workload: dict = {}
-    for name in ("speed_8b_bf16", "speed_8b_fp8", "speed_8b_fp8kv", "speed_70b_fp8"):
+    for name in ("speed_8b_bf16", "speed_8b_fp8", "speed_8b_fp8kv", "speed_8b_fp8kv_dots", "speed_8b_fp8_fp8kv",
+                 "speed_8b_fp8_fp8kv_dots", "speed_70b_fp8"):
         rows = results.get(name)
         if rows is None:
             continue  # not among --parts

@@ -24,6 +24,7 @@ from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference  # noqa: E402
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
+from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_NATIVE, KV_WIDEN, kv_fp8_mode, set_fp8_kv_compute  # noqa: E402
 from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, quantize_kv  # noqa: E402
 from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch, with_fp8_caches  # noqa: E402
 from tests.attention.test_shared_prefix import mixed, two_level  # noqa: E402
@@ -139,3 +140,53 @@ def test_backend_quantizes_the_new_kv_then_attends(name):
     assert stored_k[0, 0, 0].item() == 448 * K_SCALE[0].item()
     ref = paged_attention_reference(b.query.float(), b.k_cache, b.v_cache, b.meta, b.scale)
     torch.testing.assert_close(out.float(), ref, atol=ATOL[torch.bfloat16], rtol=RTOL[torch.bfloat16])
+
+
+# FP8 dots (set_fp8_kv_compute("fp8")): q and the softmax weights are rounded to e4m3 inside the kernel,
+# so the kernel is compared with the reference on the same FP8 cache by an error bound, not the bf16
+# tolerance. Each rounding is <= 2^-4 relative; measured under the interpreter on these batches
+# (bf16 queries, head_dim 32, outputs of order 1): max abs error 0.084, mean 0.0089 against the
+# same-cache reference, where the widened path gives 0.013 and 0.0011.
+DOTS_MAX, DOTS_MEAN = 0.15, 0.015
+
+
+@pytest.fixture
+def fp8_dots():
+    set_fp8_kv_compute("fp8")
+    yield
+    set_fp8_kv_compute("fp16")
+
+
+def check_fp8_dots(b: SharedBatch, run) -> None:
+    q8 = to_fp8(b)
+    assert kv_fp8_mode(q8.query.dtype, q8.k_cache.dtype) == KV_FP8_DOTS
+    out = torch.full_like(b.query, float("nan"))
+    run(q8.query, q8.k_cache, q8.v_cache, q8.meta, q8.scale, out)
+    assert not torch.isnan(out).any(), "unwritten or NaN output elements"
+    ref = paged_attention_reference(q8.query.float(), q8.k_cache, q8.v_cache, q8.meta, q8.scale)
+    err = (out.float() - ref).abs()
+    assert err.max().item() <= DOTS_MAX and err.mean().item() <= DOTS_MEAN, (err.max().item(), err.mean().item())
+
+
+def test_fp8_dots_paged_decode_prefill_and_split_k(fp8_dots):
+    check_fp8_dots(plain_batch([(1, 1), (1, 17), (1, 40), (1, 64)], torch.bfloat16, seed=1), paged())
+    check_fp8_dots(plain_batch([(1, 9), (1, 30), (20, 20), (7, 45)], torch.bfloat16, seed=3), paged())
+    check_fp8_dots(plain_batch([(1, 70), (1, 33)], torch.bfloat16, seed=2), paged(num_splits=3))
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_fp8_dots_shared_prefix(fp8_dots, cascade):
+    for nodes_seqs, seed, splits in ((mixed(), 4, None), (two_level(), 5, 2)):
+        b = make_shared_batch(*nodes_seqs, *HEADS, 32, torch.bfloat16, DEVICE, seed=seed)
+
+        def run(q, k, v, meta, scale, out):
+            return shared_prefix_attention_triton(q, k, v, meta, scale, out=out, cascade=cascade, shared_splits=splits)
+
+        check_fp8_dots(b, run)
+
+
+def test_fp8_dots_leave_fp32_queries_exact_and_reject_unknown_modes(fp8_dots):
+    assert kv_fp8_mode(torch.float32, FP8_KV_DTYPE) == KV_WIDEN
+    assert kv_fp8_mode(torch.bfloat16, torch.bfloat16) == KV_NATIVE
+    with pytest.raises(ValueError, match="fp8 KV compute"):
+        set_fp8_kv_compute("int8")

@@ -35,7 +35,7 @@ def test_shared_prefix_benchmark_smoke():
 
 def test_shared_prefix_benchmark_smoke_over_an_fp8_cache():
     out = _run("benchmarks/bench_shared_prefix.py", "--smoke", "--no-sweep", "--kv-fp8", interpret=True)
-    assert "FP8 KV" in out and "ok" in out, out[-2000:]
+    assert "FP8 KV" in out and "ok" in out and "FP8 dots fused" in out, out[-2000:]
 
 
 def test_prefill_attention_benchmark_smoke():
@@ -57,9 +57,11 @@ def test_replay_schedule_prints_each_configuration():
 def test_gpu_fp8_check_smoke(tmp_path):
     """The FP8 GPU check's parts on CPU with tiny shapes (the reference FP8 path)."""
     out = _run("benchmarks/gpu_fp8_check.py", str(tmp_path), "--smoke", "--parts",
-               "kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_8b_fp8kv", "--workload-dir", str(tmp_path))
+               "kernels,accuracy,speed_8b_bf16,speed_8b_fp8,speed_8b_fp8kv,speed_8b_fp8_fp8kv_dots", "--workload-dir",
+               str(tmp_path))  # fmt: skip
     assert "ERROR" not in out and "tiny-llama fp8 micro-64-16-4-4 x8" in out, out[-2000:]
     assert "tiny-llama bf16 kv-fp8 micro-32-8-2-4 x8" in out and "fp8 " in out.split("tiny-llama micro-64-16-4-4: ")[1]
+    assert "tiny-llama fp8 kv-fp8-fp8dots micro-32-8-2-4 x8" in out, out[-2000:]
     assert (tmp_path / "micro-32-8-2-4-x8.jsonl").is_file()  # the file a peer engine would time
     assert "perplexity bf16" in out and (tmp_path / "gpu_fp8_check.json").is_file()
     fused_ops = ("rms_norm", "silu_and_mul", "kv_store")

@@ -24,12 +24,13 @@ import torch
 from batchllm.attention.triton import paged as tp
 from batchllm.attention.triton import shared_prefix_kernels as spk
 from batchllm.attention.triton import shared_prefix_plan as spp
-from batchllm.attention.triton.utils import dot_precision, next_pow2
+from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_NATIVE, KV_WIDEN, dot_precision, next_pow2
 
 _TORCH_TO_TT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Argument names by type, shared by every kernel checked: other *_ptr arguments are int32 metadata arrays.
 _DATA_PTRS = ("q_ptr", "k_cache", "v_cache", "out_ptr")
 _CACHE_PTRS = ("k_cache", "v_cache")  # typed fp8e4nv for an FP8 KV cache
+_KV_TAG = {KV_NATIVE: "", KV_WIDEN: "fp8kv-", KV_FP8_DOTS: "fp8dots-"}  # in the configs' names
 _FP32_PTRS = ("part_out_ptr", "part_lse_ptr", "k_scale_ptr", "v_scale_ptr")
 _SCALARS_FP32 = ("qk_scale",)
 # Scalars a real launch of the paged kernels never sees divisible by 16 (so no divisibility hint is given).
@@ -139,8 +140,8 @@ def paged_configs(quick: bool = False) -> list[tuple[str, torch.dtype, int, int,
     for dtype, hq, hkv, d, tag in _shipped_shapes(quick):
         dcfg = tp.decode_config(hq, hkv, d, dtype)
         pcfg = tp.prefill_config(hq, hkv, d, dtype)
-        for fp8 in (False, True) if dtype != torch.float32 else (False,):
-            kv = "fp8kv-" if fp8 else ""
+        for fp8 in (KV_NATIVE, KV_WIDEN, KV_FP8_DOTS) if dtype != torch.float32 else (KV_NATIVE,):
+            kv = _KV_TAG[fp8]
             out.append((f"decode-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 1, fp8))
             out.append((f"decode-split8-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 8, fp8))
             out.append((f"prefill-{kv}{tag}", dtype, hq, hkv, d, pcfg, False, 1, fp8))
@@ -193,7 +194,7 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
                     S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=cfg.shared_block_n,
                     D_BLOCK_M=max(16, next_pow2(g)), D_BLOCK_N=cfg.decode_block_n,
                     E_BLOCK_M=e_block_m, E_BLOCK_Q=e_block_m // g, E_BLOCK_N=cfg.extend_block_n,
-                    HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2], KV_FP8=False,
+                    HAS_SHARED=has[0], HAS_DECODE=has[1], HAS_EXTEND=has[2], KV_FP8=KV_NATIVE,
                     UPCAST=False, PRECISION=dot_precision(dtype), INTERPRET=False,
                 )  # fmt: skip
                 out.append((f"{kind}-m{s_block_m}-{tag}", dtype, ce, warps, cfg.num_stages, spp.maxnreg_for(cfg, warps)))
@@ -201,15 +202,18 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
         if fp8 != cfg:  # decode launches over an FP8 cache: their own tiles, both tile heights
             warps = fp8.num_warps or 4
             fp8_e_block_m = max(fp8.extend_block_m, next_pow2(g))
-            for s_block_m, extend in [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})] + [
-                (fp8.shared_block_m, True)
+            for mode, s_block_m, extend in [
+                (mode, m, extend)
+                for mode in (KV_WIDEN, KV_FP8_DOTS)
+                for m, extend in [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})]
+                + [(fp8.shared_block_m, True)]
             ]:
                 fce = dict(ce, S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=fp8.shared_block_n,
                            D_BLOCK_N=fp8.decode_block_n, E_BLOCK_M=fp8_e_block_m, E_BLOCK_Q=fp8_e_block_m // g,
                            E_BLOCK_N=fp8.extend_block_n, HAS_SHARED=True, HAS_DECODE=True, HAS_EXTEND=extend,
-                           KV_FP8=True)  # fmt: skip
+                           KV_FP8=mode)  # fmt: skip
                 kind = "fused-mixed" if extend else "fused-decode"
-                out.append((f"{kind}-m{s_block_m}-fp8kv-{tag}", dtype, fce, warps, fp8.num_stages,
+                out.append((f"{kind}-m{s_block_m}-{_KV_TAG[mode]}{tag}", dtype, fce, warps, fp8.num_stages,
                             spp.maxnreg_for(fp8, warps)))  # fmt: skip
         ce = dict(ce, HAS_SHARED=False, HAS_DECODE=True, HAS_EXTEND=False)
         warps = cfg.num_warps or 4

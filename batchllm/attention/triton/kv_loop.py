@@ -1,10 +1,19 @@
 """The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels.
 
-An FP8 cache (KV_FP8) is widened to the query's dtype in registers right after each load (exact: every
-e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range),
-and its per-head scales are applied outside the tile loop: the K scale folded into the score scale, the
-V scale into the accumulator at the end. That equals dequantize-then-attend, without a multiply per KV
-element.
+An FP8 cache is read in one of two ways (KV_FP8, see `utils.kv_scale_args`):
+
+* KV_FP8 = KV_WIDEN: widened to the query's dtype in registers right after each load (exact: every
+  e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range);
+  the dots run at the 16-bit rate and the result equals dequantize-then-attend.
+* KV_FP8 = KV_FP8_DOTS: both dots on FP8 tensor cores, as vLLM's and FlashAttention-3's FP8 attention do.
+  The query is quantized per row (scale amax / 448) once per program; the softmax weights p, computed in
+  fp32, are taken to e4m3 for the P.V dot as p * 2^8 (so that they stay normal down to 2^-14 instead of
+  going subnormal below 2^-6; <= 256 fits e4m3's 448), and the 2^8 is taken back out of the running max
+  at the end. The sum l is over the unrounded p. Not exact: each q element and each p carries e4m3's
+  relative rounding (<= 2^-4); tests bound the effect.
+
+Either way the per-head scales are applied outside the tile loop: the K scale folded into the score
+scale, the V scale into the accumulator at the end (no multiply per KV element).
 """
 
 from __future__ import annotations
@@ -12,11 +21,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton.utils import dot_acc
+from batchllm.attention.triton.utils import dot_acc, quantize_e4m3, round_to_e4m3
+from batchllm.kv_cache.fp8 import FP8_MAX
 
 # Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
 # alpha = exp2(0) = 1 instead of NaN from (-inf) - (-inf).
 NEG_BIG = tl.constexpr(-1.0e30)
+# log2 of the factor the softmax weights carry into an FP8 P.V dot (see the module docstring).
+P_FP8_SHIFT = tl.constexpr(8.0)
+E4M3_MAX = tl.constexpr(FP8_MAX)
 
 
 @triton.jit
@@ -24,7 +37,8 @@ def kv_step(
     acc, m_i, l_i, q, q_pos, tok0, kv_hi,
     k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, KV_FP8: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """Online-softmax step over KV tokens [tok0, tok0 + BLOCK_N) of block table `bt_row`.
 
@@ -44,7 +58,7 @@ def kv_step(
     in_page = tok % PAGE
     k = tl.load(
         k_cache + (page * stride_kb + in_page * stride_kt + koff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
-    ).to(q.dtype)  # a no-op unless the cache is FP8
+    ).to(q.dtype)  # a no-op unless the cache is FP8 and is widened
     s = tl.zeros([q.shape[0], BLOCK_N], dtype=tl.float32)
     s = dot_acc(q, tl.trans(k), s, UPCAST, PRECISION) * qk_scale
     if MASKED:
@@ -55,11 +69,16 @@ def kv_step(
         s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s - m_new[:, None])
+    if KV_FP8 == 2:  # KV_FP8_DOTS
+        p = tl.exp2(s - m_new[:, None] + P_FP8_SHIFT)
+    else:
+        p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(
         v_cache + (page * stride_vb + in_page * stride_vt + voff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
     ).to(q.dtype)
+    if KV_FP8 == 2 and INTERPRET:
+        p = round_to_e4m3(p)  # the GPU's cast rounds to nearest, the interpreter's does not
     acc = dot_acc(p.to(q.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
     return acc, m_new, l_i
 
@@ -69,8 +88,8 @@ def kv_steps(
     acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tile_lo, tile_hi,
     k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
     PAGE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, D_PAD: tl.constexpr,
-    MASKED: tl.constexpr, CAUSAL: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    MASKED: tl.constexpr, CAUSAL: tl.constexpr, KV_FP8: tl.constexpr, UPCAST: tl.constexpr,
+    PRECISION: tl.constexpr, INTERPRET: tl.constexpr,
 ):  # fmt: skip
     """KV tiles [tile_lo, tile_hi), tile j = tokens kv_lo + j * BLOCK_N + [0, BLOCK_N)."""
     if INTERPRET:
@@ -81,7 +100,7 @@ def kv_steps(
             acc, m_i, l_i = kv_step(
                 acc, m_i, l_i, q, q_pos, kv_lo + j * BLOCK_N, kv_hi, k_cache, v_cache, bt_row, koff, voff,
                 stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, UPCAST, PRECISION,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, KV_FP8, UPCAST, PRECISION, INTERPRET,
             )  # fmt: skip
             j += 1
     else:
@@ -89,7 +108,7 @@ def kv_steps(
             acc, m_i, l_i = kv_step(
                 acc, m_i, l_i, q, q_pos, kv_lo + j * BLOCK_N, kv_hi, k_cache, v_cache, bt_row, koff, voff,
                 stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, UPCAST, PRECISION,
+                PAGE, BLOCK_N, HEAD_DIM, D_PAD, MASKED, CAUSAL, KV_FP8, UPCAST, PRECISION, INTERPRET,
             )  # fmt: skip
     return acc, m_i, l_i
 
@@ -104,8 +123,14 @@ def attend_kv_range(
 ):  # fmt: skip
     """(acc, m, l) of q's rows over KV tiles [tile_lo, tile_hi) of KV head kvh: tiles below n_full are
     seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL).
-    KV_FP8: the caches are float8_e4m3fn with per-head scales at k_scale_ptr / v_scale_ptr (see above)."""
-    if KV_FP8:
+    KV_FP8 != 0: the caches are float8_e4m3fn with per-head scales at k_scale_ptr / v_scale_ptr, read as
+    the module docstring says."""
+    if KV_FP8 == 2:  # KV_FP8_DOTS
+        qf = q.to(tl.float32)
+        q_scale = tl.maximum(tl.max(tl.abs(qf), 1), 1e-30) / E4M3_MAX
+        q = quantize_e4m3(qf, q_scale[:, None], E4M3_MAX, INTERPRET).to(tl.float8e4nv)
+        qk_scale = (qk_scale * tl.load(k_scale_ptr + kvh) * q_scale)[:, None]
+    elif KV_FP8:
         qk_scale = qk_scale * tl.load(k_scale_ptr + kvh)
         if q.dtype == tl.bfloat16:
             # e4m3 -> fp16 is one native conversion on sm_89+ (-> bf16 is several): so the dots run in
@@ -119,13 +144,15 @@ def attend_kv_range(
     acc, m_i, l_i = kv_steps(
         acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tile_lo, tl.minimum(tile_hi, n_full),
         k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, CAUSAL, UPCAST, PRECISION, INTERPRET,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, False, CAUSAL, KV_FP8, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
     acc, m_i, l_i = kv_steps(
         acc, m_i, l_i, q, q_pos, kv_lo, kv_hi, tl.maximum(tile_lo, n_full), tile_hi,
         k_cache, v_cache, bt_row, koff, voff, stride_kb, stride_kt, stride_vb, stride_vt, qk_scale,
-        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, CAUSAL, UPCAST, PRECISION, INTERPRET,
+        PAGE, BLOCK_N, HEAD_DIM, D_PAD, True, CAUSAL, KV_FP8, UPCAST, PRECISION, INTERPRET,
     )  # fmt: skip
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr + kvh)  # softmax (m, l) does not depend on V's scale
+    if KV_FP8 == 2:
+        m_i = m_i - P_FP8_SHIFT  # l and acc carry 2^P_FP8_SHIFT: l * 2^m is the softmax's sum again
     return acc, m_i, l_i

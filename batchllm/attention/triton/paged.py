@@ -258,7 +258,7 @@ def _launch(
     else:
         part_out = part_lse = out  # unused by the kernel (NUM_SPLITS == 1 branch is compiled out)
     d_pad = max(16, next_pow2(head_dim))
-    k_scale, v_scale, kv_fp8 = kv_scale_args(k_cache, v_cache)
+    k_scale, v_scale, kv_fp8 = kv_scale_args(query, k_cache, v_cache)
     _paged_attn_kernel[(grid0, num_kv_heads, num_splits)](
         query, k_cache, v_cache, k_scale, v_scale, out, part_out, part_lse,
         meta.query_start_loc, meta.seq_lens, meta.block_tables,

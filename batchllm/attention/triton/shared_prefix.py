@@ -79,7 +79,7 @@ def shared_prefix_attention_triton(
     n_decode = plan.num_decodes * num_kv_heads
     n_extend = plan.n_extend_tiles * num_kv_heads
     d_pad = max(16, next_pow2(head_dim))
-    k_scale, v_scale, kv_fp8 = kv_scale_args(k_cache, v_cache)
+    k_scale, v_scale, kv_fp8 = kv_scale_args(query, k_cache, v_cache)
     args = (
         query, k_cache, v_cache, k_scale, v_scale, part_out, part_lse,
         meta.query_start_loc, meta.seq_lens, meta.block_tables, shared.distinct_kv_start,

@@ -74,12 +74,41 @@ def check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
             raise ValueError(f"{name} must be contiguous in its last (head_dim) axis")
 
 
-def kv_scale_args(k_cache: torch.Tensor, v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+# KV_FP8 kernel argument: how a cache is read (kv_loop.py's docstring says what each means).
+KV_NATIVE, KV_WIDEN, KV_FP8_DOTS = 0, 1, 2
+FP8_KV_COMPUTE = ("fp16", "fp8")
+_fp8_kv_compute = "fp16"
+
+
+def set_fp8_kv_compute(compute: str) -> None:
+    """How 16-bit queries attend over an FP8 cache from now on: "fp16" (K/V widened in registers, dots at
+    the 16-bit rate, equal to dequantize-then-attend) or "fp8" (FP8 dots, q and p rounded to e4m3).
+    Set it before an engine starts: CUDA graphs keep the mode they were captured with."""
+    global _fp8_kv_compute
+    if compute not in FP8_KV_COMPUTE:
+        raise ValueError(f"fp8 KV compute must be one of {FP8_KV_COMPUTE}, not {compute!r}")
+    _fp8_kv_compute = compute
+
+
+def kv_fp8_mode(query_dtype: torch.dtype, cache_dtype: torch.dtype) -> int:
+    """The KV_FP8 constexpr for these dtypes: FP8 dots only for 16-bit queries when asked for (fp32
+    queries stay exact: they are the tests' oracle path)."""
+    if not is_fp8(cache_dtype):
+        return KV_NATIVE
+    if _fp8_kv_compute == "fp8" and query_dtype in (torch.float16, torch.bfloat16):
+        return KV_FP8_DOTS
+    return KV_WIDEN
+
+
+def kv_scale_args(
+    query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """(k_scale, v_scale, KV_FP8) kernel arguments: an FP8 cache's per-head scales ([Hkv] fp32); for
-    any other cache the caches themselves stand in for the pointers, which KV_FP8=False never reads."""
-    if is_fp8(k_cache.dtype):
-        return kv_scale(k_cache), kv_scale(v_cache), True
-    return k_cache, v_cache, False
+    any other cache the caches themselves stand in for the pointers, which KV_FP8=KV_NATIVE never reads."""
+    mode = kv_fp8_mode(query.dtype, k_cache.dtype)
+    if mode == KV_NATIVE:
+        return k_cache, v_cache, mode
+    return kv_scale(k_cache), kv_scale(v_cache), mode
 
 
 @triton.jit
