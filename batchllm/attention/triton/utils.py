@@ -77,6 +77,8 @@ def check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 # KV_FP8 kernel argument: how a cache is read (kv_loop.py's docstring says what each means).
 KV_NATIVE, KV_WIDEN, KV_FP8_DOTS = 0, 1, 2
 FP8_KV_COMPUTE = ("fp16", "fp8")
+# Widening is the default: FP8 dots were 5-17 % slower per decode launch and equal in the engine on an
+# H100 (docs/benchmarks.md, 2026-12-06), and they round q and p (4.3 % relative RMS against widening).
 _fp8_kv_compute = "fp16"
 
 
