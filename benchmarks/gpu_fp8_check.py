@@ -11,8 +11,9 @@
     cache both ways; then llama-3.1-70b with FP8 linears on micro-2000-200-16-100 x256.
 
 Usage: python benchmarks/gpu_fp8_check.py OUT_DIR [--parts kernels,accuracy,speed_8b_bf16,speed_8b_fp8,
-       speed_8b_fp8kv,speed_8b_fp8kv_dots,speed_8b_fp8_fp8kv,speed_8b_fp8_fp8kv_dots,speed_70b_fp8] [--smollm2 PATH] [--budget-s 360] [--workloads NAME:N,...]
-       [--workloads-70b NAME:N,...] [--workload-dir DIR] [--smoke]
+       speed_8b_fp8kv,speed_8b_fp8kv_dots,speed_8b_fp8_fp8kv,speed_8b_fp8_fp8kv_dots,speed_70b_fp8]
+       [--smollm2 PATH] [--budget-s 360] [--workloads NAME:N,...] [--workloads-70b NAME:N,...]
+       [--workload-dir DIR] [--smoke]
 Prints a short table last; writes OUT_DIR/gpu_fp8_check.json. Each part runs in its own try/except, and a
 part that would start after --budget-s seconds is skipped. --smoke: CPU, tiny shapes (the CI test).
 
@@ -219,7 +220,7 @@ def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device
           fp8_kv_compute: str = "fp16") -> list:
     """One engine on dummy weights, the workloads timed one after the other (it compiles and captures at
     start); then, with the engine gone, the floors at the matmul rates measured in this process.
-    fp8_kv_compute: how the attention kernels read an FP8 cache (`set_fp8_kv_compute`)."""
+    fp8_kv_compute: how the attention kernels read an FP8 cache (`set_fp8_kv_compute`; main() resets it)."""
     tag = (quantization or "bf16") + ("" if kv_cache_dtype == "auto" else f" kv-{kv_cache_dtype}")
     if kv_cache_dtype == "fp8" and fp8_kv_compute != "fp16":
         tag += f"-{fp8_kv_compute}dots"
@@ -249,7 +250,6 @@ def speed(model: str, quantization, kv_cache_dtype: str, workloads: list, device
         print(json.dumps(rows[-1]), flush=True)
     arch = llm.engine.runner.arch
     del llm
-    set_fp8_kv_compute("fp16")
     _release()
     if device == "cuda":  # measured with the engine gone: its KV pool leaves little memory
         rates = measure_device_rates(torch.device(device), fp8=quantization == "fp8")
@@ -325,6 +325,7 @@ def main() -> None:
             traceback.print_exc()
         finally:
             _release()  # a failed part's engine too, before the next part loads one
+            set_fp8_kv_compute("fp16")  # and the attention mode a speed part set, failed or not
     results["wall_s"] = time.perf_counter() - t0
     path = os.path.join(args.out, "gpu_fp8_check.json")
     with open(path, "w") as f:

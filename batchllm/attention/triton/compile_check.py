@@ -12,6 +12,7 @@ Must run without TRITON_INTERPRET=1 (then kernels are JIT functions):
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -202,12 +203,10 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
         if fp8 != cfg:  # decode launches over an FP8 cache: their own tiles, both tile heights
             warps = fp8.num_warps or 4
             fp8_e_block_m = max(fp8.extend_block_m, next_pow2(g))
-            for mode, s_block_m, extend in [
-                (mode, m, extend)
-                for mode in (KV_WIDEN, KV_FP8_DOTS)
-                for m, extend in [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})]
-                + [(fp8.shared_block_m, True)]
-            ]:
+            tiles = [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})] + [
+                (fp8.shared_block_m, True)
+            ]
+            for mode, (s_block_m, extend) in itertools.product((KV_WIDEN, KV_FP8_DOTS), tiles):
                 fce = dict(ce, S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=fp8.shared_block_n,
                            D_BLOCK_N=fp8.decode_block_n, E_BLOCK_M=fp8_e_block_m, E_BLOCK_Q=fp8_e_block_m // g,
                            E_BLOCK_N=fp8.extend_block_n, HAS_SHARED=True, HAS_DECODE=True, HAS_EXTEND=extend,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton.utils import dot_acc, quantize_e4m3, round_to_e4m3
+from batchllm.attention.triton.utils import KV_FP8_DOTS, dot_acc, quantize_e4m3, round_to_e4m3
 from batchllm.kv_cache.fp8 import FP8_MAX
 
 # Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
@@ -30,6 +30,7 @@ NEG_BIG = tl.constexpr(-1.0e30)
 # log2 of the factor the softmax weights carry into an FP8 P.V dot (see the module docstring).
 P_FP8_SHIFT = tl.constexpr(8.0)
 E4M3_MAX = tl.constexpr(FP8_MAX)
+FP8_DOTS = tl.constexpr(KV_FP8_DOTS)  # the host's mode value, as the kernels may read only constexpr globals
 
 
 @triton.jit
@@ -69,7 +70,7 @@ def kv_step(
         s = tl.where(keep, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     alpha = tl.exp2(m_i - m_new)
-    if KV_FP8 == 2:  # KV_FP8_DOTS
+    if KV_FP8 == FP8_DOTS:
         p = tl.exp2(s - m_new[:, None] + P_FP8_SHIFT)
     else:
         p = tl.exp2(s - m_new[:, None])
@@ -77,7 +78,7 @@ def kv_step(
     v = tl.load(
         v_cache + (page * stride_vb + in_page * stride_vt + voff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
     ).to(q.dtype)
-    if KV_FP8 == 2 and INTERPRET:
+    if KV_FP8 == FP8_DOTS and INTERPRET:
         p = round_to_e4m3(p)  # the GPU's cast rounds to nearest, the interpreter's does not
     acc = dot_acc(p.to(q.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
     return acc, m_new, l_i
@@ -125,7 +126,7 @@ def attend_kv_range(
     seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL).
     KV_FP8 != 0: the caches are float8_e4m3fn with per-head scales at k_scale_ptr / v_scale_ptr, read as
     the module docstring says."""
-    if KV_FP8 == 2:  # KV_FP8_DOTS
+    if KV_FP8 == FP8_DOTS:
         qf = q.to(tl.float32)
         q_scale = tl.maximum(tl.max(tl.abs(qf), 1), 1e-30) / E4M3_MAX
         q = quantize_e4m3(qf, q_scale[:, None], E4M3_MAX, INTERPRET).to(tl.float8e4nv)
@@ -153,6 +154,6 @@ def attend_kv_range(
     )  # fmt: skip
     if KV_FP8:
         acc = acc * tl.load(v_scale_ptr + kvh)  # softmax (m, l) does not depend on V's scale
-    if KV_FP8 == 2:
+    if KV_FP8 == FP8_DOTS:
         m_i = m_i - P_FP8_SHIFT  # l and acc carry 2^P_FP8_SHIFT: l * 2^m is the softmax's sum again
     return acc, m_i, l_i
