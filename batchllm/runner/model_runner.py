@@ -63,14 +63,27 @@ class ModelRunner:
             else []
         )
         self._precompile_kernels()
-        self.decode_graphs: Optional[DecodeGraphs] = None
-        if use_graphs:
-            max_batch = config.scheduler.max_num_seqs if config.scheduler.token_batching == "count" else 1024
-            self.decode_graphs = DecodeGraphs(
-                self.model, self.kv_caches, self.backend, self.block_size,
-                kv_blocks_needed(config.max_model_len, self.block_size), self.num_blocks, config.max_model_len,
-                min(max_batch or 1024, config.scheduler.max_num_batched_tokens, 1024), self.device,
-            )  # fmt: skip
+        self.decode_graphs: Optional[DecodeGraphs] = self._capture_decode_graphs() if use_graphs else None
+
+    def _capture_decode_graphs(self) -> DecodeGraphs:
+        config = self.config
+        max_batch = config.scheduler.max_num_seqs if config.scheduler.token_batching == "count" else 1024
+        return DecodeGraphs(
+            self.model, self.kv_caches, self.backend, self.block_size,
+            kv_blocks_needed(config.max_model_len, self.block_size), self.num_blocks, config.max_model_len,
+            min(max_batch or 1024, config.scheduler.max_num_batched_tokens, 1024), self.device,
+        )  # fmt: skip
+
+    def recapture_decode_graphs(self) -> None:
+        """Compile and capture again after a kernel setting changed (graphs replay the kernels they were
+        captured with): for A/B runs of such settings in one process."""
+        self._precompile_kernels()
+        if self.decode_graphs is not None:
+            levels = max((shape.num_levels for _, shape in self.decode_graphs.graphs if shape is not None), default=1)
+            self.decode_graphs = None  # free the old graphs' pool before capturing the new ones
+            torch.cuda.empty_cache()
+            self.decode_graphs = self._capture_decode_graphs()
+            self.decode_graphs.capture_shared_graphs(levels)
 
     def _precompile_kernels(self) -> None:
         if self.device.type == "cuda":

@@ -28,8 +28,10 @@ from tests.attention.shared_prefix_workload import (  # noqa: E402
 from batchllm.attention.triton.graph_plan import get_plan as _get_plan  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix_plan import (  # noqa: E402
+    DECODE_TILES,
     _choose_shared_splits,
     is_prefill_heavy,
+    set_decode_tiles,
     shared_prefix_config,
 )
 from batchllm.attention.triton.warmup import precompile_shared_prefix_kernels  # noqa: E402
@@ -294,6 +296,22 @@ def test_prefill_tiles_match_reference():
     check(batch(*mixed(), seed=6), config=cfg)
     check(batch(*two_level(), seed=7), config=cfg)
     assert is_prefill_heavy(600, 80) and not is_prefill_heavy(600, 100)
+
+
+@pytest.mark.parametrize("tiles", sorted(DECODE_TILES))
+def test_every_decode_tile_set_matches_reference(tiles):
+    """Each named decode tile set is what 16-bit decode launches use once picked, and computes the same
+    attention (decode groups, two levels, a mixed batch)."""
+    set_decode_tiles(tiles)
+    try:
+        assert shared_prefix_config(4, 2, 32, torch.bfloat16) == DECODE_TILES[tiles]
+        check(batch(*uniform_groups(3, 5, 32, 40), dtype=torch.bfloat16, seed=8))
+        check(batch(*two_level(), dtype=torch.bfloat16, seed=9))
+        check(batch(*mixed(), dtype=torch.bfloat16, seed=10))
+    finally:
+        set_decode_tiles("short-keys")
+    with pytest.raises(ValueError, match="decode tiles must be one of"):
+        set_decode_tiles("wide")
 
 
 # ------------------------------------------------------------------------------ backend

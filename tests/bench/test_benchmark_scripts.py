@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -68,9 +70,10 @@ def test_gpu_fp8_check_smoke(tmp_path):
     assert all(f"fused {op:<13} x3      equal True" in out for op in fused_ops), out[-2000:]
 
 
-def test_ab_engine_times_both_settings_of_a_switch():
-    out = _run("benchmarks/ab_engine.py", "--switch", "last-layer-rows", "--model", "benchmarks/models/tiny-llama",
+@pytest.mark.parametrize("switch", ["last-layer-rows", "decode-tiles"])
+def test_ab_engine_times_both_settings_of_a_switch(switch):
+    out = _run("benchmarks/ab_engine.py", "--switch", switch, "--model", "benchmarks/models/tiny-llama",
                "--device", "cpu", "--workload", "micro-64-16-4-4", "--requests", "8", "--repeats", "1")
-    assert "last-layer-rows=on micro-64-16-4-4 x8" in out and "last-layer-rows=off micro-64-16-4-4 x8" in out, out
+    assert f"{switch}=on micro-64-16-4-4 x8" in out and f"{switch}=off micro-64-16-4-4 x8" in out, out
     ratio = float(out.strip().splitlines()[-1].rsplit("off/on ", 1)[1])
     assert ratio > 0, out

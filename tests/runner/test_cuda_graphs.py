@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from batchllm import LLM, SamplingParams
+from batchllm.attention.triton.shared_prefix_plan import set_decode_tiles
 from tests.conftest import hf_greedy
 
 pytest.importorskip("triton")
@@ -52,3 +53,27 @@ def test_shared_decode_graphs_match_transformers(tiny_models, multi_level):
     assert [o.outputs[0].token_ids for o in outs] == expected
     assert any(replays), "no shared-segment decode batch ran as a graph"
     assert len(graphs.graphs) == captured, "a graph was captured during the batch"
+
+
+def test_recaptured_graphs_use_the_new_decode_tiles_and_stay_exact(tiny_models):
+    """After a tile switch, recapture_decode_graphs replaces every graph (the same count, none captured
+    mid-batch) and bf16 shared decode over them agrees with the graphs it replaced, to bf16 rounding."""
+    path = tiny_models["llama"]
+    prompts = [list(range(100, 132)) + p for p in _groups(3, 5, 40, seed=1) + _groups(2, 2, 33, seed=2)]
+    llm = LLM(path, device="cuda", dtype="bfloat16", skip_tokenizer_init=True, attention_backend="triton",
+              multi_level=True, min_shared_len=16, num_kv_blocks=256)
+    params = SamplingParams(temperature=0, max_tokens=12)
+    before = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    runner = llm.engine.runner
+    old = runner.decode_graphs
+    count = len(old.graphs)
+    set_decode_tiles("long-keys")
+    try:
+        runner.recapture_decode_graphs()
+        assert runner.decode_graphs is not old and len(runner.decode_graphs.graphs) == count
+        after = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
+    finally:
+        set_decode_tiles("short-keys")
+    assert len(runner.decode_graphs.graphs) == count, "a graph was captured during the batch"
+    first_tokens = [(b.outputs[0].token_ids[:4], a.outputs[0].token_ids[:4]) for b, a in zip(before, after)]
+    assert sum(x == y for x, y in first_tokens) >= len(prompts) - 1, first_tokens

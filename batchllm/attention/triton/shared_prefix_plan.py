@@ -39,6 +39,25 @@ class SharedPrefixConfig:
 PREFILL_HEAVY_TOKENS = 512
 
 
+# Decode tiles of a 16-bit cache at head_dim <= 128, by name (set_decode_tiles picks one).
+DECODE_TILES = {
+    # Best of the config sweep on an H200 (bench_shared_prefix.py, degree 16, batch 256 and 1024).
+    "short-keys": SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3),
+    # Best of the sweep at degrees 1-4 on an H200 (2026-12-03): 11-17 % faster than short-keys there.
+    "long-keys": SharedPrefixConfig(64, 64, 64, 64, 64, 4, 3, 128),
+}
+_decode_tiles = "short-keys"
+
+
+def set_decode_tiles(name: str) -> None:
+    """Which DECODE_TILES entry 16-bit decode launches use from now on. CUDA graphs keep the tiles they
+    were captured with: recapture them after a change (`ModelRunner.recapture_decode_graphs`)."""
+    global _decode_tiles
+    if name not in DECODE_TILES:
+        raise ValueError(f"decode tiles must be one of {sorted(DECODE_TILES)}, not {name!r}")
+    _decode_tiles = name
+
+
 def is_prefill_heavy(num_tokens: int, num_seqs: int) -> bool:
     return num_tokens - num_seqs >= PREFILL_HEAVY_TOKENS
 
@@ -61,8 +80,7 @@ def shared_prefix_config(
         # 0.197 ms against 0.263 with the bf16 cache's tiles below (and 0.221 for a bf16 cache).
         return SharedPrefixConfig(64, 64, 128, 64, 64, 4, 4, 128)
     if head_dim <= 128:
-        # Best of the config sweep on an H200 (bench_shared_prefix.py, degree 16, batch 256 and 1024).
-        return SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3)
+        return DECODE_TILES[_decode_tiles]
     return SharedPrefixConfig(64, 32, 32, 64, 32, 4, 2)
 
 
