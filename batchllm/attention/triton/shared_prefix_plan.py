@@ -77,8 +77,10 @@ def shared_prefix_config(
     if head_dim <= 128 and kv_fp8:
         # An FP8 tile holds half the bytes: twice the keys keep as many bytes in flight. Best of the sweep
         # on an H200 (bench_shared_prefix.py --kv-fp8, degree 16, batch 448, 2000 + 256 tokens, 2026-12-03):
-        # 0.197 ms against 0.263 with the bf16 cache's tiles below (and 0.221 for a bf16 cache).
-        return SharedPrefixConfig(64, 64, 128, 64, 64, 4, 4, 128)
+        # 0.197 ms against 0.263 with the bf16 cache's tiles below (and 0.221 for a bf16 cache). Two stages,
+        # not four: 0.197 against 0.209 ms there and 0.178 against 0.190 with 256 own tokens and no shared
+        # prefix (H100, 2026-12-06; five stages 0.244 and 0.252).
+        return SharedPrefixConfig(64, 64, 128, 64, 64, 4, 2, 128)
     if head_dim <= 128:
         return DECODE_TILES[_decode_tiles]
     return SharedPrefixConfig(64, 32, 32, 64, 32, 4, 2)
