@@ -1,7 +1,7 @@
 """A/B timing of one engine switch in one process (device tool): the same workload, the same engine, runs
 alternating between the switch's two settings, so that one lease gives a ratio free of card-to-card spread.
 
-usage: python benchmarks/ab_engine.py --switch last-layer-rows|decode-tiles [--workload micro-2000-200-16-100 --requests 512]
+usage: python benchmarks/ab_engine.py --switch last-layer-rows|decode-tiles-long-keys|... [--workload micro-2000-200-16-100 --requests 512]
        [--repeats 2] [--quantization fp8] [--kv-cache-dtype fp8] [--device cpu --smoke]
 Prints one line per run and a last line: seconds of A (switch on) / seconds of B (off), medians.
 """
@@ -15,7 +15,7 @@ from typing import Callable
 import bench_setup  # noqa: F401  (first: repo on sys.path)
 
 from batchllm import LLM  # noqa: E402
-from batchllm.attention.triton.shared_prefix_plan import set_decode_tiles  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import DECODE_TILES, set_decode_tiles  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
 from dummy_engine import add_engine_args, dummy_engine  # noqa: E402
@@ -25,14 +25,18 @@ def _last_layer_rows(llm: LLM, on: bool) -> None:
     llm.engine.runner.model.last_layer_on_sampled_rows = on
 
 
-def _decode_tiles(llm: LLM, on: bool) -> None:
-    set_decode_tiles("long-keys" if on else "short-keys")
-    llm.engine.runner.recapture_decode_graphs()
+def _decode_tiles(name: str) -> Callable[[LLM, bool], None]:
+    def switch(llm: LLM, on: bool) -> None:
+        set_decode_tiles(name if on else "short-keys")
+        llm.engine.runner.recapture_decode_graphs()
+
+    return switch
 
 
 SWITCHES: dict[str, Callable[[LLM, bool], None]] = {
     "last-layer-rows": _last_layer_rows,  # the last layer's o_proj and MLP on the sampled rows only
-    "decode-tiles": _decode_tiles,  # on: 64-key shared tiles, 128 registers; off: 32-key (16-bit caches)
+    # 16-bit decode tiles: on = the named DECODE_TILES entry, off = the default (short-keys)
+    **{f"decode-tiles-{name}": _decode_tiles(name) for name in DECODE_TILES if name != "short-keys"},
 }
 
 

@@ -43,8 +43,12 @@ PREFILL_HEAVY_TOKENS = 512
 DECODE_TILES = {
     # Best of the config sweep on an H200 (bench_shared_prefix.py, degree 16, batch 256 and 1024).
     "short-keys": SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3),
-    # Best of the sweep at degrees 1-4 on an H200 (2026-12-03): 11-17 % faster than short-keys there.
+    # Best of the sweep at degrees 1-4 on an H200 (2026-12-03): 11-17 % faster than short-keys there, but
+    # 2.8 % slower on realistic x 1024 and 1.3 % on micro x 1024 in the engine (H100, 2026-12-06): its
+    # 64-row graph tiles take 83 KB of shared memory and spill 164 bytes at the cap (compile_check).
     "long-keys": SharedPrefixConfig(64, 64, 64, 64, 64, 4, 3, 128),
+    # short-keys at 128 registers: four CTAs per SM instead of three (154 registers uncapped), 40 bytes spilled.
+    "short-keys-capped": SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3, 128),
 }
 _decode_tiles = "short-keys"
 
