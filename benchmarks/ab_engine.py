@@ -15,7 +15,7 @@ from typing import Callable
 import bench_setup  # noqa: F401  (first: repo on sys.path)
 
 from batchllm import LLM  # noqa: E402
-from batchllm.attention.triton.shared_prefix_plan import DECODE_TILES, set_decode_tiles  # noqa: E402
+from batchllm.attention.triton.shared_prefix_plan import DECODE_TILES, DEFAULT_DECODE_TILES, set_decode_tiles  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
 from dummy_engine import add_engine_args, dummy_engine  # noqa: E402
@@ -27,7 +27,7 @@ def _last_layer_rows(llm: LLM, on: bool) -> None:
 
 def _decode_tiles(name: str) -> Callable[[LLM, bool], None]:
     def switch(llm: LLM, on: bool) -> None:
-        set_decode_tiles(name if on else "short-keys")
+        set_decode_tiles(name if on else DEFAULT_DECODE_TILES)
         llm.engine.runner.recapture_decode_graphs()
 
     return switch
@@ -35,8 +35,8 @@ def _decode_tiles(name: str) -> Callable[[LLM, bool], None]:
 
 SWITCHES: dict[str, Callable[[LLM, bool], None]] = {
     "last-layer-rows": _last_layer_rows,  # the last layer's o_proj and MLP on the sampled rows only
-    # 16-bit decode tiles: on = the named DECODE_TILES entry, off = the default (short-keys)
-    **{f"decode-tiles-{name}": _decode_tiles(name) for name in DECODE_TILES if name != "short-keys"},
+    # 16-bit decode tiles: on = the named DECODE_TILES entry, off = the default
+    **{f"decode-tiles-{name}": _decode_tiles(name) for name in DECODE_TILES if name != DEFAULT_DECODE_TILES},
 }
 
 

@@ -29,6 +29,7 @@ from batchllm.attention.triton.graph_plan import get_plan as _get_plan  # noqa: 
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix_plan import (  # noqa: E402
     DECODE_TILES,
+    DEFAULT_DECODE_TILES,
     _choose_shared_splits,
     is_prefill_heavy,
     set_decode_tiles,
@@ -309,7 +310,7 @@ def test_every_decode_tile_set_matches_reference(tiles):
         check(batch(*two_level(), dtype=torch.bfloat16, seed=9))
         check(batch(*mixed(), dtype=torch.bfloat16, seed=10))
     finally:
-        set_decode_tiles("short-keys")
+        set_decode_tiles(DEFAULT_DECODE_TILES)
     with pytest.raises(ValueError, match="decode tiles must be one of"):
         set_decode_tiles("wide")
 

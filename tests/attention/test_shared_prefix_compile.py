@@ -1,5 +1,5 @@
 """The prefix-shared kernels compile for Hopper (sm_90) without a GPU: pipelined KV loads, tensor cores
-(wgmma for the stacked 64/128-row shared tiles), fitting shared memory, no register spills in bf16."""
+(wgmma for the stacked 64/128-row shared tiles), fitting shared memory, at most a few spilled bytes in bf16."""
 
 from __future__ import annotations
 
@@ -26,4 +26,7 @@ def test_shared_prefix_kernels_compile_for_sm90():
     assert all(r["shared_bytes"] <= 227 * 1024 for r in reports.values())  # fits H100 shared memory
     for name in (f"fused-decode-m{big}-{tag}", f"cascade-shared-m{big}-{tag}", f"cascade-distinct-{tag}"):
         r = reports[name]
-        assert r["registers"] == -1 or r["spill_bytes"] == 0, r  # decode hot path: no local-memory spills
+        # Decode hot path: at the 128-register cap a few bytes spill (16-40), which measured faster in the
+        # engine than no cap and no spills (four CTAs per SM instead of three; shared_prefix_plan.py);
+        # more than that would be local-memory traffic on every KV tile.
+        assert r["registers"] == -1 or (r["registers"] <= 128 and r["spill_bytes"] <= 64), r

@@ -70,7 +70,7 @@ def test_gpu_fp8_check_smoke(tmp_path):
     assert all(f"fused {op:<13} x3      equal True" in out for op in fused_ops), out[-2000:]
 
 
-@pytest.mark.parametrize("switch", ["last-layer-rows", "decode-tiles-short-keys-capped"])
+@pytest.mark.parametrize("switch", ["last-layer-rows", "decode-tiles-short-keys"])
 def test_ab_engine_times_both_settings_of_a_switch(switch):
     out = _run("benchmarks/ab_engine.py", "--switch", switch, "--model", "benchmarks/models/tiny-llama",
                "--device", "cpu", "--workload", "micro-64-16-4-4", "--requests", "8", "--repeats", "1")

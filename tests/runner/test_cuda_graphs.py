@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from batchllm import LLM, SamplingParams
-from batchllm.attention.triton.shared_prefix_plan import set_decode_tiles
+from batchllm.attention.triton.shared_prefix_plan import DEFAULT_DECODE_TILES, set_decode_tiles
 from tests.conftest import hf_greedy
 
 pytest.importorskip("triton")
@@ -73,7 +73,7 @@ def test_recaptured_graphs_use_the_new_decode_tiles_and_stay_exact(tiny_models):
         assert runner.decode_graphs is not old and len(runner.decode_graphs.graphs) == count
         after = llm.generate([{"prompt_token_ids": p} for p in prompts], params, use_tqdm=False)
     finally:
-        set_decode_tiles("short-keys")
+        set_decode_tiles(DEFAULT_DECODE_TILES)
     assert len(runner.decode_graphs.graphs) == count, "a graph was captured during the batch"
     first_tokens = [(b.outputs[0].token_ids[:4], a.outputs[0].token_ids[:4]) for b, a in zip(before, after)]
     assert sum(x == y for x, y in first_tokens) >= len(prompts) - 1, first_tokens

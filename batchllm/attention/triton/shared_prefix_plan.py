@@ -47,10 +47,13 @@ DECODE_TILES = {
     # 2.8 % slower on realistic x 1024 and 1.3 % on micro x 1024 in the engine (H100, 2026-12-06): its
     # 64-row graph tiles take 83 KB of shared memory and spill 164 bytes at the cap (compile_check).
     "long-keys": SharedPrefixConfig(64, 64, 64, 64, 64, 4, 3, 128),
-    # short-keys at 128 registers: four CTAs per SM instead of three (154 registers uncapped), 40 bytes spilled.
+    # short-keys at 128 registers: four CTAs per SM instead of three (154 registers uncapped), 40 bytes
+    # spilled. The default: 1.012x short-keys on realistic x 1024 (two pairs) and 1.028x on micro x 1024
+    # (benchmarks/ab_engine.py, one H200, 2026-12-06).
     "short-keys-capped": SharedPrefixConfig(64, 32, 64, 64, 64, 4, 3, 128),
 }
-_decode_tiles = "short-keys"
+DEFAULT_DECODE_TILES = "short-keys-capped"
+_decode_tiles = DEFAULT_DECODE_TILES
 
 
 def set_decode_tiles(name: str) -> None:
