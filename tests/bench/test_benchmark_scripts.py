@@ -40,6 +40,13 @@ def test_shared_prefix_benchmark_smoke_over_an_fp8_cache():
     assert "FP8 KV" in out and "ok" in out and "FP8 dots fused" in out, out[-2000:]
 
 
+def test_decode_regions_benchmark_smoke():
+    out = _run("benchmarks/bench_decode_regions.py", "--smoke", "--kv-fp8", interpret=True)
+    regions = [line[:44].strip() for line in out.splitlines() if line.startswith(("cascade", "distinct-only"))]
+    assert regions[:3] == ["cascade shared", "cascade distinct", "cascade merge"], out[-2000:]
+    assert "distinct-only paged n32 s2" in regions and "check distinct-only fused 32:2 r128: ok" in out
+
+
 def test_prefill_attention_benchmark_smoke():
     out = _run("benchmarks/bench_prefill_attention.py", "--smoke", interpret=True)
     rows = [line.split()[0] for line in out.splitlines()[-4:]]
