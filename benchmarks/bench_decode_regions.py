@@ -8,7 +8,7 @@ merge); a profiler splits its device time by launch. Then the distinct region al
 the same sequences without a shared prefix: the fused kernel (its distinct tiles + the merge) and
 `paged_attention_triton`, each for every decode tile shape in --decode-tiles.
 
-    python benchmarks/bench_decode_regions.py [--kv-fp8] [--groups 28] [--degree 16] [--prefix 2000] [--distinct 256]
+    python benchmarks/bench_decode_regions.py [--kv-fp8 [--fp8-kv-compute fp8-qk]] [--groups 28] [--degree 16] [--prefix 2000] [--distinct 256]
     python benchmarks/bench_decode_regions.py --smoke     # CPU interpreter, tiny shapes (tests the script)
 
 Prints a table last; writes $OUT/bench_decode_regions.json when OUT is set.
@@ -31,6 +31,7 @@ from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.triton.paged import TileConfig, paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix_plan import shared_prefix_config  # noqa: E402
+from batchllm.attention.triton.utils import set_fp8_kv_compute  # noqa: E402
 from tests.attention.shared_prefix_workload import (  # noqa: E402
     PrefixNode,
     SeqSpec,
@@ -78,6 +79,7 @@ def main() -> None:
     parser.add_argument("--prefix", type=int, default=2000)
     parser.add_argument("--distinct", type=int, default=256)
     parser.add_argument("--kv-fp8", action="store_true")
+    parser.add_argument("--fp8-kv-compute", default="fp16", help="set_fp8_kv_compute's mode (with --kv-fp8)")
     parser.add_argument("--decode-tiles", default="32:3,64:2,64:3,64:4,128:2,128:3",
                         help="decode_block_n:num_stages pairs tried on the distinct region")  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="CPU interpreter, tiny shapes: tests the script only")
@@ -89,13 +91,16 @@ def main() -> None:
         args.groups, args.degree, args.prefix, args.distinct, args.decode_tiles = 2, 3, 32, 20, "32:2"
     elif not torch.cuda.is_available():
         sys.exit("bench_decode_regions.py needs a CUDA GPU (or --smoke)")
+    set_fp8_kv_compute(args.fp8_kv_compute)
+    # FP8 dots round q (and p) to e4m3: the kernel tests' bound (tests/attention/test_fp8_kv_kernels.py)
+    tol = dict(atol=0.15, rtol=0.1) if args.kv_fp8 and args.fp8_kv_compute != "fp16" else {}
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter smoke run)"
     bandwidth = copy_bandwidth(device, 4 << 30 if device == "cuda" else 1 << 20)
     batch = args.groups * args.degree
     b = make_batch(*uniform_groups(args.groups, args.degree, args.prefix, args.distinct), args, device)
     call = (b.query, b.k_cache, b.v_cache, b.meta, b.scale)
     ref = paged_attention_reference(*call)
-    check("fused vs reference", shared_prefix_attention_triton(*call), ref)
+    check("fused vs reference", shared_prefix_attention_triton(*call), ref, **tol)
     kv_token = args.hkv * args.head_dim * 2 * b.k_cache.element_size()
     qo = 2 * batch * args.hq * args.head_dim * b.query.element_size()
     part = batch * args.hq * args.head_dim * 4  # one fp32 partial O
@@ -118,16 +123,16 @@ def main() -> None:
         block_n, stages = (int(x) for x in spec.split(":"))
         for maxnreg in (base.maxnreg or 0, 0) if base.maxnreg else (0,):
             cfg = dataclasses.replace(base, decode_block_n=block_n, num_stages=stages, maxnreg=maxnreg)
-            check(f"distinct-only fused {spec} r{maxnreg}", shared_prefix_attention_triton(*call, config=cfg), ref)
+            check(f"distinct-only fused {spec} r{maxnreg}", shared_prefix_attention_triton(*call, config=cfg), ref, **tol)
             fused = launch_times_ms(lambda: shared_prefix_attention_triton(*call, out=out, config=cfg), 2, device)
             rows.append(dict(region=f"distinct-only fused n{block_n} s{stages} r{maxnreg}", ms=fused[0],
                              merge_ms=fused[1], floor_ms=own_floor))  # fmt: skip
         tile = TileConfig(max(16, args.hq // args.hkv), 1, block_n, 4, stages)
-        check(f"distinct-only paged {spec}", paged_attention_triton(*call, decode_cfg=tile, num_splits=1), ref)
+        check(f"distinct-only paged {spec}", paged_attention_triton(*call, decode_cfg=tile, num_splits=1), ref, **tol)
         ms = bench_ms(device, lambda: paged_attention_triton(*call, out=out, decode_cfg=tile, num_splits=1))
         rows.append(dict(region=f"distinct-only paged n{block_n} s{stages}", ms=ms, floor_ms=own_floor))
 
-    print(f"\n{name}, {'FP8' if args.kv_fp8 else 'bf16'} KV, {args.groups} groups x {args.degree}, prefix {args.prefix}, "
+    print(f"\n{name}, {'FP8 (' + args.fp8_kv_compute + ')' if args.kv_fp8 else 'bf16'} KV, {args.groups} groups x {args.degree}, prefix {args.prefix}, "
           f"distinct {args.distinct}, copy bw {bandwidth / 1e9:.0f} GB/s; ms per call")  # fmt: skip
     print(f"{'region':44s} {'ms':>8} {'floor':>8} {'x floor':>8}")
     for r in rows:

@@ -24,7 +24,14 @@ from batchllm.attention.reference import paged_attention_reference  # noqa: E402
 from batchllm.attention.shared_prefix_reference import shared_prefix_attention_reference  # noqa: E402
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
-from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_NATIVE, KV_WIDEN, kv_fp8_mode, set_fp8_kv_compute  # noqa: E402
+from batchllm.attention.triton.utils import (  # noqa: E402
+    KV_FP8_DOTS,
+    KV_FP8_QK,
+    KV_NATIVE,
+    KV_WIDEN,
+    kv_fp8_mode,
+    set_fp8_kv_compute,
+)
 from batchllm.kv_cache.fp8 import FP8_KV_DTYPE, quantize_kv  # noqa: E402
 from tests.attention.shared_prefix_workload import SeqSpec, SharedBatch, make_shared_batch, with_fp8_caches  # noqa: E402
 from tests.attention.test_shared_prefix import mixed, two_level  # noqa: E402
@@ -146,20 +153,22 @@ def test_backend_quantizes_the_new_kv_then_attends(name):
 # so the kernel is compared with the reference on the same FP8 cache by an error bound, not the bf16
 # tolerance. Each rounding is <= 2^-4 relative; measured under the interpreter on these batches
 # (bf16 queries, head_dim 32, outputs of order 1): max abs error 0.084, mean 0.0089 against the
-# same-cache reference, where the widened path gives 0.013 and 0.0011.
+# same-cache reference, where the widened path gives 0.013 and 0.0011. The same bound holds for
+# set_fp8_kv_compute("fp8-qk"), which rounds q only.
 DOTS_MAX, DOTS_MEAN = 0.15, 0.015
+FP8_DOT_MODES = {"fp8": KV_FP8_DOTS, "fp8-qk": KV_FP8_QK}
 
 
-@pytest.fixture
-def fp8_dots():
-    set_fp8_kv_compute("fp8")
-    yield
+@pytest.fixture(params=sorted(FP8_DOT_MODES))
+def fp8_dots(request):
+    set_fp8_kv_compute(request.param)
+    yield FP8_DOT_MODES[request.param]
     set_fp8_kv_compute("fp16")
 
 
-def check_fp8_dots(b: SharedBatch, run) -> None:
+def check_fp8_dots(b: SharedBatch, run, mode: int) -> None:
     q8 = to_fp8(b)
-    assert kv_fp8_mode(q8.query.dtype, q8.k_cache.dtype) == KV_FP8_DOTS
+    assert kv_fp8_mode(q8.query.dtype, q8.k_cache.dtype) == mode
     out = torch.full_like(b.query, float("nan"))
     run(q8.query, q8.k_cache, q8.v_cache, q8.meta, q8.scale, out)
     assert not torch.isnan(out).any(), "unwritten or NaN output elements"
@@ -169,9 +178,9 @@ def check_fp8_dots(b: SharedBatch, run) -> None:
 
 
 def test_fp8_dots_paged_decode_prefill_and_split_k(fp8_dots):
-    check_fp8_dots(plain_batch([(1, 1), (1, 17), (1, 40), (1, 64)], torch.bfloat16, seed=1), paged())
-    check_fp8_dots(plain_batch([(1, 9), (1, 30), (20, 20), (7, 45)], torch.bfloat16, seed=3), paged())
-    check_fp8_dots(plain_batch([(1, 70), (1, 33)], torch.bfloat16, seed=2), paged(num_splits=3))
+    check_fp8_dots(plain_batch([(1, 1), (1, 17), (1, 40), (1, 64)], torch.bfloat16, seed=1), paged(), fp8_dots)
+    check_fp8_dots(plain_batch([(1, 9), (1, 30), (20, 20), (7, 45)], torch.bfloat16, seed=3), paged(), fp8_dots)
+    check_fp8_dots(plain_batch([(1, 70), (1, 33)], torch.bfloat16, seed=2), paged(num_splits=3), fp8_dots)
 
 
 @pytest.mark.parametrize("cascade", [False, True])
@@ -182,7 +191,7 @@ def test_fp8_dots_shared_prefix(fp8_dots, cascade):
         def run(q, k, v, meta, scale, out):
             return shared_prefix_attention_triton(q, k, v, meta, scale, out=out, cascade=cascade, shared_splits=splits)
 
-        check_fp8_dots(b, run)
+        check_fp8_dots(b, run, fp8_dots)
 
 
 def test_fp8_dots_leave_fp32_queries_exact_and_reject_unknown_modes(fp8_dots):

@@ -25,13 +25,13 @@ import torch
 from batchllm.attention.triton import paged as tp
 from batchllm.attention.triton import shared_prefix_kernels as spk
 from batchllm.attention.triton import shared_prefix_plan as spp
-from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_NATIVE, KV_WIDEN, dot_precision, next_pow2
+from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_FP8_QK, KV_NATIVE, KV_WIDEN, dot_precision, next_pow2
 
 _TORCH_TO_TT = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 # Argument names by type, shared by every kernel checked: other *_ptr arguments are int32 metadata arrays.
 _DATA_PTRS = ("q_ptr", "k_cache", "v_cache", "out_ptr")
 _CACHE_PTRS = ("k_cache", "v_cache")  # typed fp8e4nv for an FP8 KV cache
-_KV_TAG = {KV_NATIVE: "", KV_WIDEN: "fp8kv-", KV_FP8_DOTS: "fp8dots-"}  # in the configs' names
+_KV_TAG = {KV_NATIVE: "", KV_WIDEN: "fp8kv-", KV_FP8_DOTS: "fp8dots-", KV_FP8_QK: "fp8qk-"}  # in the configs' names
 _FP32_PTRS = ("part_out_ptr", "part_lse_ptr", "k_scale_ptr", "v_scale_ptr")
 _SCALARS_FP32 = ("qk_scale",)
 # Scalars a real launch of the paged kernels never sees divisible by 16 (so no divisibility hint is given).
@@ -141,7 +141,7 @@ def paged_configs(quick: bool = False) -> list[tuple[str, torch.dtype, int, int,
     for dtype, hq, hkv, d, tag in _shipped_shapes(quick):
         dcfg = tp.decode_config(hq, hkv, d, dtype)
         pcfg = tp.prefill_config(hq, hkv, d, dtype)
-        for fp8 in (KV_NATIVE, KV_WIDEN, KV_FP8_DOTS) if dtype != torch.float32 else (KV_NATIVE,):
+        for fp8 in (KV_NATIVE, KV_WIDEN, KV_FP8_DOTS, KV_FP8_QK) if dtype != torch.float32 else (KV_NATIVE,):
             kv = _KV_TAG[fp8]
             out.append((f"decode-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 1, fp8))
             out.append((f"decode-split8-{kv}{tag}", dtype, hq, hkv, d, dcfg, True, 8, fp8))
@@ -206,7 +206,7 @@ def shared_prefix_configs(quick: bool = False) -> list[tuple[str, torch.dtype, d
             tiles = [(m, False) for m in sorted({max(16, next_pow2(g)), fp8.shared_block_m})] + [
                 (fp8.shared_block_m, True)
             ]
-            for mode, (s_block_m, extend) in itertools.product((KV_WIDEN, KV_FP8_DOTS), tiles):
+            for mode, (s_block_m, extend) in itertools.product((KV_WIDEN, KV_FP8_DOTS, KV_FP8_QK), tiles):
                 fce = dict(ce, S_BLOCK_M=s_block_m, S_BLOCK_Q=s_block_m // g, S_BLOCK_N=fp8.shared_block_n,
                            D_BLOCK_N=fp8.decode_block_n, E_BLOCK_M=fp8_e_block_m, E_BLOCK_Q=fp8_e_block_m // g,
                            E_BLOCK_N=fp8.extend_block_n, HAS_SHARED=True, HAS_DECODE=True, HAS_EXTEND=extend,

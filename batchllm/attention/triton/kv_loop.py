@@ -11,6 +11,10 @@ An FP8 cache is read in one of two ways (KV_FP8, see `utils.kv_scale_args`):
   going subnormal below 2^-6; <= 256 fits e4m3's 448), and the 2^8 is taken back out of the running max
   at the end. The sum l is over the unrounded p. Not exact: each q element and each p carries e4m3's
   relative rounding (<= 2^-4); tests bound the effect.
+* KV_FP8 = KV_FP8_QK: the q.K^T dot on FP8 tensor cores (q quantized per row as above, K straight from
+  the FP8 tile), P.V as in KV_WIDEN (V widened to fp16, p unrounded). Why: an FP8 wgmma operand must be
+  K-major, which K is (head_dim contiguous) and V is not, so this drops K's widening without the
+  transposed V copy that FP8 dots pay; only q carries e4m3's rounding.
 
 Either way the per-head scales are applied outside the tile loop: the K scale folded into the score
 scale, the V scale into the accumulator at the end (no multiply per KV element).
@@ -21,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from batchllm.attention.triton.utils import KV_FP8_DOTS, dot_acc, quantize_e4m3, round_to_e4m3
+from batchllm.attention.triton.utils import KV_FP8_DOTS, KV_FP8_QK, dot_acc, quantize_e4m3, round_to_e4m3
 from batchllm.kv_cache.fp8 import FP8_MAX
 
 # Finite "minus infinity" for the running max: an all-masked row then gives exp2(-inf - m) = 0 and
@@ -31,6 +35,7 @@ NEG_BIG = tl.constexpr(-1.0e30)
 P_FP8_SHIFT = tl.constexpr(8.0)
 E4M3_MAX = tl.constexpr(FP8_MAX)
 FP8_DOTS = tl.constexpr(KV_FP8_DOTS)  # the host's mode value, as the kernels may read only constexpr globals
+FP8_QK = tl.constexpr(KV_FP8_QK)
 
 
 @triton.jit
@@ -77,10 +82,13 @@ def kv_step(
     l_i = l_i * alpha + tl.sum(p, 1)
     v = tl.load(
         v_cache + (page * stride_vb + in_page * stride_vt + voff)[:, None] + offs_d[None, :], mask=kv_mask, other=0.0
-    ).to(q.dtype)
-    if KV_FP8 == FP8_DOTS and INTERPRET:
-        p = round_to_e4m3(p)  # the GPU's cast rounds to nearest, the interpreter's does not
-    acc = dot_acc(p.to(q.dtype), v, acc * alpha[:, None], UPCAST, PRECISION)
+    )
+    if KV_FP8 == FP8_QK:
+        acc = dot_acc(p.to(tl.float16), v.to(tl.float16), acc * alpha[:, None], UPCAST, PRECISION)
+    else:
+        if KV_FP8 == FP8_DOTS and INTERPRET:
+            p = round_to_e4m3(p)  # the GPU's cast rounds to nearest, the interpreter's does not
+        acc = dot_acc(p.to(q.dtype), v.to(q.dtype), acc * alpha[:, None], UPCAST, PRECISION)
     return acc, m_new, l_i
 
 
@@ -126,7 +134,7 @@ def attend_kv_range(
     seen whole by every row and run unmasked, the rest masked (bounds, and causality if CAUSAL).
     KV_FP8 != 0: the caches are float8_e4m3fn with per-head scales at k_scale_ptr / v_scale_ptr, read as
     the module docstring says."""
-    if KV_FP8 == FP8_DOTS:
+    if KV_FP8 == FP8_DOTS or KV_FP8 == FP8_QK:
         qf = q.to(tl.float32)
         q_scale = tl.maximum(tl.max(tl.abs(qf), 1), 1e-30) / E4M3_MAX
         q = quantize_e4m3(qf, q_scale[:, None], E4M3_MAX, INTERPRET).to(tl.float8e4nv)
