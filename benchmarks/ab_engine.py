@@ -16,6 +16,7 @@ import bench_setup  # noqa: F401  (first: repo on sys.path)
 
 from batchllm import LLM  # noqa: E402
 from batchllm.attention.triton.shared_prefix_plan import DECODE_TILES, DEFAULT_DECODE_TILES, set_decode_tiles  # noqa: E402
+from batchllm.attention.triton.utils import set_fp8_kv_compute  # noqa: E402
 from batchllm.bench.compare import run_config  # noqa: E402
 from batchllm.bench.workloads import make_workload  # noqa: E402
 from dummy_engine import add_engine_args, dummy_engine  # noqa: E402
@@ -33,10 +34,20 @@ def _decode_tiles(name: str) -> Callable[[LLM, bool], None]:
     return switch
 
 
+def _fp8_kv_compute(mode: str) -> Callable[[LLM, bool], None]:
+    def switch(llm: LLM, on: bool) -> None:
+        set_fp8_kv_compute(mode if on else "fp16")
+        llm.engine.runner.recapture_decode_graphs()
+
+    return switch
+
+
 SWITCHES: dict[str, Callable[[LLM, bool], None]] = {
     "last-layer-rows": _last_layer_rows,  # the last layer's o_proj and MLP on the sampled rows only
     # 16-bit decode tiles: on = the named DECODE_TILES entry, off = the default
     **{f"decode-tiles-{name}": _decode_tiles(name) for name in DECODE_TILES if name != DEFAULT_DECODE_TILES},
+    # how the kernels read an FP8 cache (with --kv-cache-dtype fp8): on = the named mode, off = widened K/V
+    "fp8-kv-qk": _fp8_kv_compute("fp8-qk"),
 }
 
 
