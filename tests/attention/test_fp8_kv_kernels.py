@@ -25,8 +25,7 @@ from batchllm.attention.shared_prefix_reference import shared_prefix_attention_r
 from batchllm.attention.triton.paged import paged_attention_triton  # noqa: E402
 from batchllm.attention.triton.shared_prefix import shared_prefix_attention_triton  # noqa: E402
 from batchllm.attention.triton.utils import (  # noqa: E402
-    KV_FP8_DOTS,
-    KV_FP8_QK,
+    FP8_DOT_MODES,
     KV_NATIVE,
     KV_WIDEN,
     kv_fp8_mode,
@@ -156,7 +155,6 @@ def test_backend_quantizes_the_new_kv_then_attends(name):
 # same-cache reference, where the widened path gives 0.013 and 0.0011. The same bound holds for
 # set_fp8_kv_compute("fp8-qk"), which rounds q only.
 DOTS_MAX, DOTS_MEAN = 0.15, 0.015
-FP8_DOT_MODES = {"fp8": KV_FP8_DOTS, "fp8-qk": KV_FP8_QK}
 
 
 @pytest.fixture(params=sorted(FP8_DOT_MODES))

@@ -1,6 +1,6 @@
 """The online-softmax loop over paged KV tiles, shared by the paged and the prefix-shared kernels.
 
-An FP8 cache is read in one of two ways (KV_FP8, see `utils.kv_scale_args`):
+An FP8 cache is read in one of three ways (KV_FP8, see `utils.kv_scale_args`):
 
 * KV_FP8 = KV_WIDEN: widened to the query's dtype in registers right after each load (exact: every
   e4m3 value is a bf16 / fp16 / fp32 value; a bf16 query is taken to fp16 for it, see attend_kv_range);

@@ -76,8 +76,8 @@ def check_inputs(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
 
 # KV_FP8 kernel argument: how a cache is read (kv_loop.py's docstring says what each means).
 KV_NATIVE, KV_WIDEN, KV_FP8_DOTS, KV_FP8_QK = 0, 1, 2, 3
-FP8_KV_COMPUTE = ("fp16", "fp8", "fp8-qk")
-_FP8_KV_MODES = {"fp8": KV_FP8_DOTS, "fp8-qk": KV_FP8_QK}
+FP8_DOT_MODES = {"fp8": KV_FP8_DOTS, "fp8-qk": KV_FP8_QK}  # set_fp8_kv_compute's names of the FP8-dot modes
+FP8_KV_COMPUTE = ("fp16", *FP8_DOT_MODES)
 # Widening is the default: FP8 dots were 5-17 % slower per decode launch and equal in the engine on an
 # H100 (docs/benchmarks.md, 2026-12-06), and they round q and p (4.3 % relative RMS against widening).
 _fp8_kv_compute = "fp16"
@@ -99,8 +99,8 @@ def kv_fp8_mode(query_dtype: torch.dtype, cache_dtype: torch.dtype) -> int:
     queries stay exact: they are the tests' oracle path)."""
     if not is_fp8(cache_dtype):
         return KV_NATIVE
-    if _fp8_kv_compute in _FP8_KV_MODES and query_dtype in (torch.float16, torch.bfloat16):
-        return _FP8_KV_MODES[_fp8_kv_compute]
+    if _fp8_kv_compute in FP8_DOT_MODES and query_dtype in (torch.float16, torch.bfloat16):
+        return FP8_DOT_MODES[_fp8_kv_compute]
     return KV_WIDEN
 
 
